@@ -1,0 +1,323 @@
+"""The non-local block of Wang, Girshick, Gupta and He, "Non-local Neural Networks" (CVPR 2018).
+
+Channels-last only: inputs are `(B, L, C)`, `(B, H, W, C)` or `(B, T, H, W, C)`. Written in `keras.ops`, so it runs
+on the TensorFlow, JAX and PyTorch backends.
+
+Notation in the shape comments: `B` batch, `N` query positions (L, HW or THW), `M` key positions after pooling,
+`C` input channels, `D` intermediate_dim (`C` for the Gaussian keys), `G` the number of temporal groups.
+"""
+import math
+
+import keras
+from keras import ops
+
+from nonlocal_zoo.layers.affine import Affine
+
+MODE_ALIASES = {
+    "embedded": "embedded",
+    "embedded_gaussian": "embedded",
+    "softmax": "embedded",
+    "dot": "dot",
+    "dot_product": "dot",
+    "gaussian": "gaussian",
+    "concatenate": "concatenate",
+    "concatenation": "concatenate",
+}
+POOL_POSITIONS = ("input", "projection")
+NORMALIZATIONS = ("batch", "affine", None)
+
+
+def _positive_int_or_none(name, value):
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"`{name}` must be a positive integer or None. Received: {name}={value!r}")
+    return value
+
+
+@keras.saving.register_keras_serializable(package="nonlocal_zoo")
+class NonLocalBlock(keras.layers.Layer):
+    """Non-local block for 1-D, 2-D and 3-D channels-last feature maps, in the paper's four instantiations.
+
+    `y_i = 1/C(x) sum_j f(x_i, x_j) g(x_j)` and `z_i = x_i + bn(out(y_i))` (Wang et al., 2018, eq. 1 and 6).
+    The keys and values `x_j` are max-pooled over the spatial axes by `compression` (the paper's subsampling trick).
+
+    Args:
+        intermediate_dim: channels `D` of the theta/phi/g embeddings. Defaults to `None`, meaning `C // 2`.
+        compression: max-pool size (kernel = stride) of the key/value positions. An int `c` pools the spatial axes
+            only: `(1, c, c)` for 3-D inputs, `(c, c)` for 2-D, `(c,)` for 1-D; a tuple gives the pool per axis;
+            `1` or `None` disables pooling. Defaults to `2`.
+        mode: `"embedded"` (embedded Gaussian: softmax over keys of theta_i . phi_j, times `D**-0.5` when
+            `use_scale`), `"dot"` (theta_i . phi_j divided by the number of keys), `"gaussian"` (softmax of
+            x_i . x_j on the raw input, no theta/phi; scaled by `C**-0.5` when `use_scale`) or `"concatenate"`
+            (ReLU(w . [theta_i, phi_j]) divided by the number of keys). The aliases `"embedded_gaussian"`,
+            `"softmax"`, `"dot_product"` and `"concatenation"` are accepted. Defaults to `"embedded"`.
+        add_residual: whether to return `x + bn(out(y))` (the block) or only `bn(out(y))`. Defaults to `True`.
+        pool_position: `"input"` pools `x` before the phi and g projections (official Caffe2, PySlowFast);
+            `"projection"` pools after them (mmaction2 / mmcv). Defaults to `"input"`.
+        use_scale: scale the softmax logits by `D**-0.5` (`C**-0.5` in Gaussian mode). Defaults to `True`.
+        use_bias: biases in the theta, phi, g and out projections. Defaults to `True`.
+        out_use_bias: bias in the `out` projection; `None` follows `use_bias`. mmaction2 checkpoints have
+            biased theta/phi/g but an unbiased `out`. Defaults to `None`.
+        normalization: `"batch"` (BatchNormalization after `out`, epsilon 1e-5, gamma initialised to zero so a
+            fresh block is the identity), `"affine"` (frozen-BN checkpoints: per-channel scale and bias, scale
+            initialised to zero) or `None` (no normalization; `out` is zero-initialised instead). Defaults to
+            `"batch"`.
+        temporal_group_size: for 3-D inputs, attend only within groups of this many consecutive frames (the
+            official long-clip setting). `T` must be divisible by it. Defaults to `None` (one group).
+        chunk_size: compute the attention for at most this many query positions at a time. The result is exactly
+            the same; the `(N, M)` affinity buffer shrinks to `(chunk_size, M)`. Defaults to `None` (one chunk).
+        kernel_initializer: initializer of the projection kernels. Defaults to `RandomNormal(stddev=0.01)`, the
+            official initialisation.
+        **kwargs: base `keras.layers.Layer` arguments (`name`, `dtype`, `trainable`).
+
+    Sublayers mirror the checkpoint blob names: `theta`, `phi`, `g`, `out`, `bn` and, in concatenation mode,
+    `concat_project` (a `2 * D -> 1` projection without bias).
+
+    Example:
+        >>> x = keras.Input((8, 14, 14, 512))
+        >>> y = NonLocalBlock(name="nonlocal_conv4_1")(x)  # embedded Gaussian, keys pooled 1x2x2
+        >>> model = keras.Sequential([keras.Input((16, 16, 3)), keras.layers.Conv2D(32, 3, padding="same"),
+        ...                           NonLocalBlock(mode="dot", compression=None)])
+
+    Reference:
+        Wang, Girshick, Gupta, He. Non-local Neural Networks. CVPR 2018. https://arxiv.org/abs/1711.07971
+    """
+
+    def __init__(
+        self,
+        intermediate_dim=None,
+        compression=2,
+        mode="embedded",
+        add_residual=True,
+        *,
+        pool_position="input",
+        use_scale=True,
+        use_bias=True,
+        out_use_bias=None,
+        normalization="batch",
+        temporal_group_size=None,
+        chunk_size=None,
+        kernel_initializer=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if mode not in MODE_ALIASES:
+            raise ValueError(f"Unknown non-local `mode`. Expected one of {sorted(MODE_ALIASES)}. Received: mode={mode!r}")
+        if pool_position not in POOL_POSITIONS:
+            raise ValueError(f"`pool_position` must be one of {POOL_POSITIONS}. Received: pool_position={pool_position!r}")
+        if normalization not in NORMALIZATIONS:
+            raise ValueError(
+                f"`normalization` must be one of {NORMALIZATIONS}. Received: normalization={normalization!r}"
+            )
+        if isinstance(compression, (list, tuple)):
+            compression = tuple(compression)
+            if not compression or any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in compression):
+                raise ValueError(
+                    f"`compression` must be a positive int, a tuple of positive ints or None. "
+                    f"Received: compression={compression!r}"
+                )
+        else:
+            compression = _positive_int_or_none("compression", compression)
+        self.intermediate_dim = _positive_int_or_none("intermediate_dim", intermediate_dim)
+        self.compression = compression
+        self.mode = MODE_ALIASES[mode]
+        self.add_residual = bool(add_residual)
+        self.pool_position = pool_position
+        self.use_scale = bool(use_scale)
+        self.use_bias = bool(use_bias)
+        self.out_use_bias = None if out_use_bias is None else bool(out_use_bias)
+        self.normalization = normalization
+        self.temporal_group_size = _positive_int_or_none("temporal_group_size", temporal_group_size)
+        self.chunk_size = _positive_int_or_none("chunk_size", chunk_size)
+        if kernel_initializer is None:
+            kernel_initializer = keras.initializers.RandomNormal(stddev=0.01)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.supports_masking = False
+
+    # ------------------------------------------------------------------ build
+    def _pool_size(self, rank):
+        """Max-pool size over the (rank - 2) position axes, or None for no pooling."""
+        axes = rank - 2
+        if self.compression is None or self.compression == 1:
+            return None
+        if isinstance(self.compression, tuple):
+            if len(self.compression) != axes:
+                raise ValueError(
+                    f"A `compression` tuple needs one entry per position axis ({axes} for a rank-{rank} input). "
+                    f"Received: compression={self.compression!r}"
+                )
+            pool = self.compression
+        else:
+            pool = (1,) * (axes - 2) + (self.compression,) * min(axes, 2)
+        return None if all(p == 1 for p in pool) else pool
+
+    def build(self, input_shape):
+        input_shape = tuple(input_shape)
+        rank = len(input_shape)
+        if rank not in (3, 4, 5):
+            raise ValueError(
+                "NonLocalBlock expects a channels-last input of rank 3 (B, L, C), 4 (B, H, W, C) or "
+                f"5 (B, T, H, W, C). Received: input_shape={input_shape}"
+            )
+        channels = input_shape[-1]
+        if channels is None:
+            raise ValueError(f"NonLocalBlock needs a known channel count. Received: input_shape={input_shape}")
+        self.pool_size = self._pool_size(rank)
+        if self.pool_size is not None:
+            for axis, (size, pool) in enumerate(zip(input_shape[1:-1], self.pool_size)):
+                if size is not None and pool > size:
+                    raise ValueError(
+                        f"`compression` pools {pool} positions on axis {axis + 1}, but the feature map has only {size}. "
+                        f"Received: compression={self.compression!r}, input_shape={input_shape}"
+                    )
+        if self.temporal_group_size is not None:
+            if rank != 5:
+                raise ValueError(
+                    "`temporal_group_size` needs a rank-5 (B, T, H, W, C) input. "
+                    f"Received: temporal_group_size={self.temporal_group_size}, input_shape={input_shape}"
+                )
+            frames = input_shape[1]
+            if frames is not None and frames % self.temporal_group_size:
+                raise ValueError(
+                    f"`temporal_group_size` must divide the number of frames T={frames}. "
+                    f"Received: temporal_group_size={self.temporal_group_size}"
+                )
+        dim = self.intermediate_dim or max(channels // 2, 1)
+        self.dim = dim
+        out_bias = self.use_bias if self.out_use_bias is None else self.out_use_bias
+
+        def projection(name, units, use_bias, initializer=self.kernel_initializer):
+            return keras.layers.Dense(
+                units, use_bias=use_bias, kernel_initializer=initializer, name=name, dtype=self.dtype_policy
+            )
+
+        if self.mode != "gaussian":
+            self.theta = projection("theta", dim, self.use_bias)
+            self.phi = projection("phi", dim, self.use_bias)
+            self.theta.build((None, channels))
+            self.phi.build((None, channels))
+        self.g = projection("g", dim, self.use_bias)
+        self.g.build((None, channels))
+        out_init = "zeros" if self.normalization is None else self.kernel_initializer
+        self.out = projection("out", channels, out_bias, out_init)
+        self.out.build((None, dim))
+        if self.mode == "concatenate":
+            self.concat_project = projection("concat_project", 1, False)
+            self.concat_project.build((None, 2 * dim))
+        if self.normalization == "batch":
+            self.bn = keras.layers.BatchNormalization(
+                epsilon=1e-5, momentum=0.9, gamma_initializer="zeros", name="bn", dtype=self.dtype_policy
+            )
+            self.bn.build(input_shape)
+        elif self.normalization == "affine":
+            self.bn = Affine(scale_initializer="zeros", name="bn", dtype=self.dtype_policy)
+            self.bn.build(input_shape)
+        self.built = True
+
+    # ------------------------------------------------------------------ call
+    def _pool(self, x):
+        if self.pool_size is None:
+            return x
+        return ops.max_pool(x, pool_size=self.pool_size, strides=self.pool_size, padding="valid")
+
+    def _attend(self, query, key, value, num_keys):
+        """Non-local aggregation for one chunk of queries, in float32.
+
+        query (B, Q, D), key (B, M, D), value (B, M, Dv) -> (B, Q, Dv).
+        """
+        if self.mode == "concatenate":
+            # ReLU(w . [theta_i, phi_j]) = ReLU(w_theta . theta_i + w_phi . phi_j): no (Q, M, 2D) tensor needed.
+            kernel = ops.cast(self.concat_project.kernel, "float32")  # (2D, 1)
+            q_term = ops.matmul(query, kernel[: self.dim])  # (B, Q, D) x (D, 1) -> (B, Q, 1)
+            k_term = ops.matmul(key, kernel[self.dim :])  # (B, M, D) x (D, 1) -> (B, M, 1)
+            affinity = ops.relu(q_term + ops.transpose(k_term, (0, 2, 1))) / num_keys  # (B, Q, M)
+        else:
+            affinity = ops.einsum("bqd,bmd->bqm", query, key)  # (B, Q, D) x (B, M, D) -> (B, Q, M)
+            if self.use_scale:
+                affinity = affinity * (1.0 / math.sqrt(key.shape[-1]))
+            affinity = ops.softmax(affinity, axis=-1)
+        return ops.einsum("bqm,bmd->bqd", affinity, value)  # (B, Q, M) x (B, M, Dv) -> (B, Q, Dv)
+
+    def _aggregate(self, query, key, value):
+        """y = 1/C(x) sum_j f(query_i, key_j) value_j for all queries, chunked when `chunk_size` is set."""
+        num_keys = ops.cast(ops.shape(key)[1], "float32")
+        if self.mode == "dot":
+            # (theta phi^T) g / M == theta (phi^T g) / M: the (N, M) affinity is never formed.
+            context = ops.einsum("bmd,bme->bde", key, value)  # (B, M, D) x (B, M, Dv) -> (B, D, Dv)
+            return ops.einsum("bnd,bde->bne", query, context) / num_keys  # (B, N, D) x (B, D, Dv) -> (B, N, Dv)
+        num_queries = query.shape[1]
+        chunk = self.chunk_size
+        if chunk is None or (num_queries is not None and num_queries <= chunk):
+            return self._attend(query, key, value, num_keys)
+        batch, dim = ops.shape(query)[0], query.shape[-1]
+        n = ops.shape(query)[1]
+        num_chunks = (n + chunk - 1) // chunk
+        # Pad the queries to a whole number of chunks; padded rows are computed and dropped (rows are independent).
+        query = ops.pad(query, ((0, 0), (0, num_chunks * chunk - n), (0, 0)))
+        query = ops.reshape(query, (batch, num_chunks, chunk, dim))  # (B, N', D) -> (B, K, Q, D)
+        query = ops.transpose(query, (1, 0, 2, 3))  # (B, K, Q, D) -> (K, B, Q, D)
+        out = ops.map(lambda q: self._attend(q, key, value, num_keys), query)  # (K, B, Q, Dv)
+        out = ops.transpose(out, (1, 0, 2, 3))  # (K, B, Q, Dv) -> (B, K, Q, Dv)
+        out = ops.reshape(out, (batch, num_chunks * chunk, value.shape[-1]))  # (B, K, Q, Dv) -> (B, N', Dv)
+        return out[:, :n]
+
+    def call(self, inputs, training=None):
+        x = inputs
+        shape = ops.shape(x)
+        channels = x.shape[-1]
+        group = self.temporal_group_size
+        if group is not None:
+            # (B, T, H, W, C) -> (B * T / G, G, H, W, C): attention stays within each group of G frames.
+            x = ops.reshape(x, (-1, group, shape[2], shape[3], channels))
+        batch = ops.shape(x)[0]
+        pooled = self._pool(x) if self.pool_position == "input" else x
+        if self.mode == "gaussian":
+            query = x
+            key = self._pool(x)
+        else:
+            query = self.theta(x)
+            key = self.phi(pooled)
+        value = self.g(pooled)
+        if self.pool_position == "projection":
+            value = self._pool(value)
+            if self.mode != "gaussian":
+                key = self._pool(key)
+        # Flatten the positions: (B, *S, D) -> (B, N, D); keys and values (B, *S', D) -> (B, M, D).
+        query = ops.reshape(query, (batch, -1, query.shape[-1]))
+        key = ops.reshape(key, (batch, -1, key.shape[-1]))
+        value = ops.reshape(value, (batch, -1, value.shape[-1]))
+        # The affinity and softmax are computed in float32, also under mixed precision.
+        y = self._aggregate(ops.cast(query, "float32"), ops.cast(key, "float32"), ops.cast(value, "float32"))
+        y = ops.cast(y, self.compute_dtype)
+        # (B, N, D) -> (B, *S, D): back to the (ungrouped) input layout.
+        y = ops.reshape(y, tuple(shape[i] for i in range(len(x.shape) - 1)) + (self.dim,))
+        z = self.out(y)
+        if self.normalization == "batch":
+            z = self.bn(z, training=training)
+        elif self.normalization == "affine":
+            z = self.bn(z)
+        return inputs + z if self.add_residual else z
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "intermediate_dim": self.intermediate_dim,
+                "compression": list(self.compression) if isinstance(self.compression, tuple) else self.compression,
+                "mode": self.mode,
+                "add_residual": self.add_residual,
+                "pool_position": self.pool_position,
+                "use_scale": self.use_scale,
+                "use_bias": self.use_bias,
+                "out_use_bias": self.out_use_bias,
+                "normalization": self.normalization,
+                "temporal_group_size": self.temporal_group_size,
+                "chunk_size": self.chunk_size,
+                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+            }
+        )
+        return config
