@@ -219,6 +219,12 @@ class NonLocalBlock(keras.layers.Layer):
     def _pool(self, x):
         if self.pool_size is None:
             return x
+        if keras.backend.standardize_dtype(x.dtype) == "float16":
+            # TensorFlow has no CPU MaxPool3D kernel for float16 (mixed_float16 failed with NotFoundError).
+            # A max is exact in any float dtype, so pooling in float32 and casting back gives the same values.
+            x = ops.cast(x, "float32")
+            pooled = ops.max_pool(x, pool_size=self.pool_size, strides=self.pool_size, padding="valid")
+            return ops.cast(pooled, "float16")
         return ops.max_pool(x, pool_size=self.pool_size, strides=self.pool_size, padding="valid")
 
     def _attend(self, query, key, value, num_keys):
