@@ -187,10 +187,12 @@ class NonLocalBlock(keras.layers.Layer):
         self.dim = dim
         out_bias = self.use_bias if self.out_use_bias is None else self.out_use_bias
 
-        def projection(name, units, use_bias, initializer=self.kernel_initializer):
-            return keras.layers.Dense(
-                units, use_bias=use_bias, kernel_initializer=initializer, name=name, dtype=self.dtype_policy
-            )
+        def projection(name, units, use_bias, initializer=self.kernel_initializer, dtype=self.dtype_policy):
+            return keras.layers.Dense(units, use_bias=use_bias, kernel_initializer=initializer, name=name, dtype=dtype)
+
+        # `out` and `bn` run in the variable dtype (float32 under mixed precision): y grows like |x|^3 in dot mode
+        # (|x|^2 in concatenation mode) and overflowed float16 before bn brought it back into range.
+        branch_dtype = self.dtype_policy.variable_dtype
 
         if self.mode != "gaussian":
             self.theta = projection("theta", dim, self.use_bias)
@@ -200,18 +202,18 @@ class NonLocalBlock(keras.layers.Layer):
         self.g = projection("g", dim, self.use_bias)
         self.g.build((None, channels))
         out_init = "zeros" if self.normalization is None else self.kernel_initializer
-        self.out = projection("out", channels, out_bias, out_init)
+        self.out = projection("out", channels, out_bias, out_init, dtype=branch_dtype)
         self.out.build((None, dim))
         if self.mode == "concatenate":
             self.concat_project = projection("concat_project", 1, False)
             self.concat_project.build((None, 2 * dim))
         if self.normalization == "batch":
             self.bn = keras.layers.BatchNormalization(
-                epsilon=1e-5, momentum=0.9, gamma_initializer="zeros", name="bn", dtype=self.dtype_policy
+                epsilon=1e-5, momentum=0.9, gamma_initializer="zeros", name="bn", dtype=branch_dtype
             )
             self.bn.build(input_shape)
         elif self.normalization == "affine":
-            self.bn = Affine(scale_initializer="zeros", name="bn", dtype=self.dtype_policy)
+            self.bn = Affine(scale_initializer="zeros", name="bn", dtype=branch_dtype)
             self.bn.build(input_shape)
         self.built = True
 
@@ -295,7 +297,6 @@ class NonLocalBlock(keras.layers.Layer):
         value = ops.reshape(value, (batch, -1, value.shape[-1]))
         # The affinity and softmax are computed in float32, also under mixed precision.
         y = self._aggregate(ops.cast(query, "float32"), ops.cast(key, "float32"), ops.cast(value, "float32"))
-        y = ops.cast(y, self.compute_dtype)
         # (B, N, D) -> (B, *S, D): back to the (ungrouped) input layout.
         y = ops.reshape(y, tuple(shape[i] for i in range(len(x.shape) - 1)) + (self.dim,))
         z = self.out(y)
@@ -303,6 +304,7 @@ class NonLocalBlock(keras.layers.Layer):
             z = self.bn(z, training=training)
         elif self.normalization == "affine":
             z = self.bn(z)
+        z = ops.cast(z, self.compute_dtype)
         return inputs + z if self.add_residual else z
 
     def compute_output_shape(self, input_shape):
