@@ -1,0 +1,107 @@
+"""Input-pipeline throughput: decoded + augmented training clips per second, by number of parallel decoding calls.
+
+Writes synthetic Kinetics-like clips (340x256 after the official downscale, 25 fps, MPEG-4 Part 2) to a temporary
+folder, then measures `nonlocal_zoo.data.make_dataset(training=True)` (8x8 official sampling: decode up to the last
+needed frame, scale jitter, 224 crop, flip, normalise) with 1, 2, ... parallel calls, plus the bare decoder
+(`read_frames_for` in a thread pool) for comparison.
+
+Run: `python -m benchmarks.data_pipeline [--full]`; the harness calls `run(quick=True)`.
+"""
+import argparse
+import concurrent.futures
+import json
+import os
+import tempfile
+import time
+
+import numpy as np
+
+
+def _write_clips(folder, *, num_clips, num_frames, height=256, width=340, fps=25, seed=0):
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    paths = []
+    os.makedirs(os.path.join(folder, "class0"), exist_ok=True)
+    base = rng.integers(0, 256, size=(height // 8, width // 8, 3), dtype=np.uint8)
+    base = cv2.resize(base, (width, height), interpolation=cv2.INTER_LINEAR)  # smooth, compressible content
+    for c in range(num_clips):
+        path = os.path.join(folder, "class0", f"clip{c:03d}.mp4")
+        writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+        for t in range(num_frames):
+            writer.write(np.roll(base, shift=(2 * t + c, 3 * t), axis=(0, 1)))
+        writer.release()
+        paths.append(path)
+    return paths
+
+
+def _time_dataset(folder, *, parallel, repeats, warmup_batches=1):
+    from nonlocal_zoo.data import make_dataset
+
+    ds = make_dataset(folder, training=True, batch_size=4, num_parallel_calls=parallel, repeat=True, seed=0,
+                      deterministic=False, prefetch=False)
+    it = iter(ds)
+    for _ in range(warmup_batches):
+        next(it)
+    n_batches = repeats
+    start = time.perf_counter()
+    for _ in range(n_batches):
+        next(it)
+    elapsed = time.perf_counter() - start
+    return n_batches * 4 / elapsed
+
+
+def _time_decoder(paths, *, workers, repeats):
+    from nonlocal_zoo.data import sample_train_indices
+    from nonlocal_zoo.data.video_io import read_frames_for
+
+    def load(i):
+        rng = np.random.default_rng(i)
+        return read_frames_for(paths[i % len(paths)],
+                               lambda F: sample_train_indices(F, num_frames=8, sampling_rate=8, rng=rng),
+                               num_threads=1)[0].shape
+
+    jobs = list(range(repeats))
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        list(pool.map(load, jobs[:workers]))  # warm-up
+        start = time.perf_counter()
+        list(pool.map(load, jobs))
+        elapsed = time.perf_counter() - start
+    return repeats / elapsed
+
+
+def run(quick=True):
+    """Measure clip throughput with 1 and 2 (quick) or 1, 2, 4 and AUTOTUNE parallel calls.
+
+    Returns:
+        dict with `clips_per_s` per setting (`dataset_parallel_<n>`, `decoder_threads_<n>`), the speed-ups of 2 over
+        1, the CPU count, and the clip format.
+    """
+    import tensorflow as tf
+
+    num_clips = 8 if quick else 24
+    num_frames = 80 if quick else 150
+    repeats = 6 if quick else 20
+    settings = [1, 2] if quick else [1, 2, 4, tf.data.AUTOTUNE]
+    result = {"cpu_count": os.cpu_count(), "clip": f"{num_frames} frames 340x256 mp4v, 8x8 official sampling, "
+                                                   "224 crop, batch 4", "clips_per_s": {}}
+    with tempfile.TemporaryDirectory() as folder:
+        paths = _write_clips(folder, num_clips=num_clips, num_frames=num_frames)
+        for workers in ([1, 2] if quick else [1, 2, 4]):
+            result["clips_per_s"][f"decoder_threads_{workers}"] = round(
+                _time_decoder(paths, workers=workers, repeats=4 * repeats), 2)
+        for parallel in settings:
+            key = "autotune" if parallel == tf.data.AUTOTUNE else str(parallel)
+            result["clips_per_s"][f"dataset_parallel_{key}"] = round(
+                _time_dataset(folder, parallel=parallel, repeats=repeats), 2)
+    cps = result["clips_per_s"]
+    result["speedup_dataset_2_vs_1"] = round(cps["dataset_parallel_2"] / cps["dataset_parallel_1"], 2)
+    result["speedup_decoder_2_vs_1"] = round(cps["decoder_threads_2"] / cps["decoder_threads_1"], 2)
+    return result
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--full", action="store_true", help="more clips and settings")
+    args = parser.parse_args()
+    print(json.dumps(run(quick=not args.full), indent=2))

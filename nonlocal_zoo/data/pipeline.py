@@ -1,0 +1,265 @@
+"""tf.data input pipelines over clip folders, CSV/list files and TFDS video datasets.
+
+Decoding runs in `tf.numpy_function` calls mapped with `num_parallel_calls`: OpenCV releases the GIL while it
+decodes and resizes, so parallel calls use several cores (`benchmarks/data_pipeline.py` measures it). Bad files
+never stop a run with `on_error="skip"`: they are dropped, and at the end of every pass over the data a warning
+names how many were skipped and which (`DecodeReport`).
+"""
+import logging
+import os
+import threading
+
+import numpy as np
+
+from nonlocal_zoo.data import preprocessing
+from nonlocal_zoo.data.sources import VIDEO_EXTENSIONS, ClipList, resolve_clip_source
+
+logger = logging.getLogger("nonlocal_zoo.data")
+
+ON_ERROR = ("skip", "raise")
+
+
+class DecodeReport:
+    """Collects the clips skipped by a pipeline, per pass over the data, and logs a summary when a pass ends.
+
+    Attributes:
+        passes: list of finished passes, each a dict `{"pass": n, "num_clips": N, "num_skipped": k,
+            "skipped": [(path, reason), ...]}`.
+        skipped: the `(path, reason)` pairs of the last finished pass.
+
+    Example:
+        >>> report = DecodeReport()
+        >>> ds = make_dataset("clips/", training=True, report=report)
+        >>> _ = list(ds)
+        >>> report.passes[-1]["num_skipped"]
+        2
+    """
+
+    def __init__(self, log=True):
+        self.log = log
+        self.num_per_pass = None
+        self.passes = []
+        self._open = {}
+        self._lock = threading.Lock()
+
+    @property
+    def skipped(self):
+        return list(self.passes[-1]["skipped"]) if self.passes else []
+
+    def record(self, pass_index, name, error=None):
+        """Count one processed clip of pass `pass_index`; `error` (an exception) marks it skipped."""
+        with self._lock:
+            state = self._open.setdefault(pass_index, {"count": 0, "skipped": []})
+            state["count"] += 1
+            if error is not None:
+                reason = getattr(error, "reason", None) or f"{type(error).__name__}: {error}"
+                state["skipped"].append((name, reason))
+            if self.num_per_pass is None or state["count"] < self.num_per_pass:
+                if self.num_per_pass is None and error is not None and self.log:
+                    logger.warning("Skipped clip %s: %s", name, state["skipped"][-1][1])
+                return
+            del self._open[pass_index]
+            summary = {"pass": len(self.passes), "num_clips": state["count"],
+                       "num_skipped": len(state["skipped"]), "skipped": state["skipped"]}
+            self.passes.append(summary)
+        if summary["num_skipped"] and self.log:
+            shown = "; ".join(f"{p} ({r})" for p, r in summary["skipped"][:20])
+            more = "" if summary["num_skipped"] <= 20 else f"; and {summary['num_skipped'] - 20} more"
+            logger.warning("Pass %d: skipped %d of %d clips that could not be decoded: %s%s", summary["pass"],
+                           summary["num_skipped"], summary["num_clips"], shown, more)
+
+    def all_failed(self):
+        with self._lock:
+            return bool(self.passes) and self.passes[-1]["num_skipped"] == self.passes[-1]["num_clips"]
+
+
+def _tfds_source(source, split, data_dir):
+    """Returns `(tf.data.Dataset of {"video", "label"}, num_examples or None, class_names or None)`, or None."""
+    import tensorflow as tf
+
+    if isinstance(source, tf.data.Dataset):
+        cardinality = int(source.cardinality())
+        return source, (cardinality if cardinality >= 0 else None), None
+    builder = None
+    if isinstance(source, str) and source.startswith("tfds:"):
+        import tensorflow_datasets as tfds
+
+        target = source[len("tfds:"):]
+        if os.path.isdir(target):
+            builder = tfds.builder_from_directory(target)
+        else:
+            builder = tfds.builder(target, data_dir=data_dir)
+    else:
+        try:
+            import tensorflow_datasets as tfds
+
+            if isinstance(source, tfds.core.DatasetBuilder):
+                builder = source
+        except ImportError:  # pragma: no cover
+            return None
+    if builder is None:
+        return None
+    split = split or "train"
+    if split not in builder.info.splits:
+        raise ValueError(f"TFDS dataset {builder.name!r} has splits {list(builder.info.splits)}. Received: split={split!r}")
+    ds = builder.as_dataset(split=split, shuffle_files=False)
+    features = builder.info.features
+    if "video" not in features or "label" not in features:
+        raise ValueError(f"A TFDS source needs 'video' and 'label' features. Received: features={list(features)}")
+    names = getattr(features["label"], "names", None)
+    return ds, builder.info.splits[split].num_examples, (list(names) if names else None)
+
+
+def make_dataset(source, *, preset=None, training=False, batch_size=8, split=None, class_names=None,
+                 data_dir=None, shuffle=None, shuffle_buffer=None, seed=None, deterministic=None, repeat=False,
+                 num_parallel_calls=None, prefetch=True, on_error="skip", normalize=True, drop_remainder=None,
+                 decode_options=None, report=None, extensions=VIDEO_EXTENSIONS, **overrides):
+    """A batched `tf.data.Dataset` of `(clips, labels)` prepared as the preset prescribes.
+
+    Training elements are augmented clips (`train_clip`: temporal jitter, scale jitter, random crop and flip);
+    evaluation elements are one centre view (the middle temporal clip of the preset's test sampling, centre crop of
+    `test_crop`). For the full multi-view protocol use `nonlocal_zoo.evaluation.evaluate`.
+
+    Args:
+        source: a folder of clips (`root/<class>/<clip>`, or `root/<split>/<class>/<clip>` with `split=`), a CSV or
+            list file of `(path, label)` rows, a sequence of `(path, label)` pairs, a TFDS dataset with a Video
+            feature (a `tfds.core.DatasetBuilder`, `"tfds:<name>"` with `data_dir`, or `"tfds:<prepared dir>"`), or a
+            `tf.data.Dataset` of `{"video": uint8 (F, H, W, 3), "label": int}`.
+        preset: None, a preset name or a preprocessing dict (see `nonlocal_zoo.data.preprocessing`).
+        training: augmented training clips (True) or centre evaluation views (False).
+        batch_size: clips per batch; None leaves the dataset unbatched.
+        split: split folder / TFDS split. class_names: fix the label order of a folder or list source.
+        data_dir: TFDS data directory for `"tfds:<name>"`.
+        shuffle: shuffle the clip order every pass (defaults to `training`). shuffle_buffer: buffer for TFDS
+            sources (file sources shuffle their whole list). Defaults to 64.
+        seed: seed for the order and the augmentations; with `deterministic=True` every run gives the same batches.
+        deterministic: keep the element order despite parallel decoding (None: tf.data's default, True).
+        repeat: repeat forever (a pass still reports its skipped clips).
+        num_parallel_calls: parallel decoding calls (None: `tf.data.AUTOTUNE`).
+        prefetch: prefetch batches (`tf.data.AUTOTUNE`).
+        on_error: `"skip"` drops clips that fail to decode (and reports them at the end of the pass) or `"raise"`.
+        normalize: normalised float32 clips (default) or raw pixels.
+        drop_remainder: drop the last partial batch (defaults to `training`).
+        decode_options: dict for the decoder (`backend`, `max_pixels`, `timeout`, `max_buffer_bytes`); decoding
+            uses one decoder thread per call unless `num_threads` is given here.
+        report: a `DecodeReport` to fill (one is created otherwise); also attached as `dataset.decode_report`.
+        extensions: video file extensions listed in folders.
+        **overrides: preprocessing keys (e.g. `num_frames=32, sampling_rate=2, train_crop=160`).
+
+    Returns:
+        `tf.data.Dataset` of `(clips (B, T, S, S, 3), labels (B,) int32)`. Its `class_names` attribute holds the
+        class names when known.
+
+    Example:
+        >>> ds = make_dataset("my_clips", split="train", training=True, batch_size=8, preset="i3d_r50_8x8_kinetics400")
+        >>> model.fit(ds, epochs=10)
+    """
+    import tensorflow as tf
+
+    if on_error not in ON_ERROR:
+        raise ValueError(f"`on_error` must be one of {ON_ERROR}. Received: on_error={on_error!r}")
+    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(f"`batch_size` must be a positive int or None. Received: batch_size={batch_size!r}")
+    config = preprocessing.resolve_preprocessing(preset, **overrides)
+    shuffle = training if shuffle is None else shuffle
+    drop_remainder = training if drop_remainder is None else drop_remainder
+    decode_options = {"num_threads": 1, **(decode_options or {})}
+    report = DecodeReport() if report is None else report
+    autotune = tf.data.AUTOTUNE
+    parallel = autotune if num_parallel_calls is None else num_parallel_calls
+
+    T = config["num_frames"]
+    size = config["train_crop"] if training else config["test_crop"]
+    raw_float = config["sampling"] == "pyslowfast"
+    out_dtype = np.float32 if (normalize or raw_float) else np.uint8
+
+    def prepare(video, seed_value):
+        rng = np.random.default_rng(int(seed_value) & 0x7FFFFFFFFFFFFFFF)
+        if training:
+            return preprocessing.train_clip(video, preset=config, rng=rng, normalize=normalize,
+                                            decode_options=decode_options)
+        views = preprocessing.multiview_clips(video, preset=config, num_clips=1, num_crops=1, normalize=normalize,
+                                              decode_options=decode_options)
+        return views[0]
+
+    def guarded(video, name, label, seed_value, index):
+        pass_index = -1 if report.num_per_pass is None else int(index) // report.num_per_pass
+        if on_error == "skip" and report.all_failed():
+            raise RuntimeError(f"Every clip of the last pass failed to decode; last errors: {report.skipped[-3:]}")
+        try:
+            clip = prepare(video, seed_value).astype(out_dtype, copy=False)
+        except Exception as e:  # a training run never dies on one bad clip
+            report.record(pass_index, name, e)
+            if on_error == "raise":
+                raise
+            return np.zeros((T, size, size, 3), out_dtype), np.int32(label), False
+        report.record(pass_index, name)
+        return clip, np.int32(label), True
+
+    tfds_part = _tfds_source(source, split, data_dir)
+    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+    if tfds_part is not None:
+        ds, num_examples, names = tfds_part
+        report.num_per_pass = num_examples
+        if shuffle:
+            ds = ds.shuffle(shuffle_buffer or 64, seed=seed, reshuffle_each_iteration=True)
+        if repeat:
+            ds = ds.repeat()
+        ds = tf.data.Dataset.zip((ds, seeds)).enumerate()
+
+        def from_frames(index, element_seed):
+            element, seed_value = element_seed
+            name = element["path"] if "path" in element else tf.strings.as_string(index)
+
+            def fn(frames, name_bytes, label, s, i):
+                return guarded(frames, name_bytes.decode("utf-8", "replace"), label, s, i)
+
+            clip, label, ok = tf.numpy_function(
+                fn, [element["video"], name, tf.cast(element["label"], tf.int64), seed_value, index],
+                [out_dtype, tf.int32, tf.bool], stateful=True)
+            return clip, label, ok
+
+        ds = ds.map(from_frames, num_parallel_calls=parallel, deterministic=deterministic)
+    else:
+        clips = resolve_clip_source(source, split=split, class_names=class_names, extensions=extensions)
+        names = clips.class_names
+        report.num_per_pass = len(clips)
+        ds = tf.data.Dataset.from_tensor_slices((clips.paths, np.asarray(clips.labels, np.int64)))
+        if shuffle:
+            ds = ds.shuffle(len(clips), seed=seed, reshuffle_each_iteration=True)
+        if repeat:
+            ds = ds.repeat()
+        ds = tf.data.Dataset.zip((ds, seeds)).enumerate()
+
+        def from_file(index, element_seed):
+            (path, label), seed_value = element_seed
+
+            def fn(path_bytes, label, s, i):
+                path_str = path_bytes.decode("utf-8")
+                return guarded(path_str, path_str, label, s, i)
+
+            return tf.numpy_function(fn, [path, label, seed_value, index], [out_dtype, tf.int32, tf.bool],
+                                     stateful=True)
+
+        ds = ds.map(from_file, num_parallel_calls=parallel, deterministic=deterministic)
+
+    ds = ds.filter(lambda clip, label, ok: ok)
+    ds = ds.map(lambda clip, label, ok: (tf.ensure_shape(clip, (T, size, size, 3)), tf.ensure_shape(label, ())))
+    if batch_size is not None:
+        ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    if prefetch:
+        ds = ds.prefetch(autotune)
+    try:
+        ds.decode_report = report
+        ds.class_names = names
+    except AttributeError:  # pragma: no cover - tf.data objects accept attributes today
+        pass
+    return ds
+
+
+def clip_list(source, *, split=None, class_names=None, extensions=VIDEO_EXTENSIONS):
+    """The resolved `ClipList` of a file source (folder, list file or pairs); see `nonlocal_zoo.data.sources`."""
+    return resolve_clip_source(source, split=split, class_names=class_names, extensions=extensions)
+
+
+__all__ = ["DecodeReport", "make_dataset", "clip_list", "ClipList"]

@@ -1,0 +1,230 @@
+"""Multi-view evaluation: `num_clips` temporal x `num_crops` spatial views per video, clip- and video-level top-k.
+
+The published Kinetics numbers are video-level: the model's outputs over the 30 views (10 clips x 3 crops of 256)
+of a video are averaged, then ranked (`research/architecture.md` §5). Clip-level accuracy ranks every view on its
+own, as the official test code also prints.
+"""
+import collections
+import concurrent.futures
+import logging
+import os
+
+import numpy as np
+
+from nonlocal_zoo.data import preprocessing, transforms
+from nonlocal_zoo.data.pipeline import ON_ERROR, _tfds_source
+from nonlocal_zoo.data.sources import VIDEO_EXTENSIONS, resolve_clip_source
+
+logger = logging.getLogger("nonlocal_zoo.evaluation")
+
+
+def _iter_items(source, *, split, class_names, data_dir, extensions):
+    """Yields `(video, label, name)` with `video` a path or decoded frames; returns class names via a list."""
+    tfds_part = _tfds_source(source, split, data_dir)
+    if tfds_part is not None:
+        ds, _, names = tfds_part
+
+        def generate():
+            for n, element in enumerate(ds.as_numpy_iterator()):
+                name = element.get("path", str(n))
+                name = name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name)
+                yield element["video"], int(element["label"]), name
+
+        return generate(), names
+    clips = resolve_clip_source(source, split=split, class_names=class_names, extensions=extensions)
+    return ((p, int(lab), p) for p, lab in zip(clips.paths, clips.labels)), clips.class_names
+
+
+def _topk_hits(scores, labels, k):
+    """Boolean per row: is `labels[i]` among the `k` highest `scores[i]` (ties broken by lower class index)."""
+    k = min(k, scores.shape[-1])
+    order = np.argsort(-scores, axis=-1, kind="stable")[..., :k]
+    return np.any(order == np.asarray(labels)[..., None], axis=-1)
+
+
+def _softmax(x):
+    x = x - x.max(axis=-1, keepdims=True)
+    e = np.exp(x)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def evaluate(model, source, *, preset=None, num_clips=10, num_crops=3, batch_size=None, max_batch_bytes=256 * 2**20,
+             apply_softmax=False, top_k=(1, 5), split=None, class_names=None, data_dir=None, on_error="skip",
+             num_workers=None, decode_options=None, return_predictions=False, progress=False,
+             extensions=VIDEO_EXTENSIONS, **overrides):
+    """Multi-view testing of `model` over a clip source; returns clip-level and video-level top-k accuracy.
+
+    Every video is decoded once (frame-exactly; the union of the frames of its clips), turned into
+    `num_clips * num_crops` views by the preset's test protocol (`nonlocal_zoo.data.multiview_clips`), and the
+    views of consecutive videos are batched together under a memory cap. The model's outputs for the views of a
+    video are averaged (after a softmax when `apply_softmax`) to give the video's scores.
+
+    Args:
+        model: a Keras model (or any callable) mapping `(B, T, S, S, 3)` float32 clips to `(B, num_classes)`
+            scores: probabilities (the zoo's classifiers end with a softmax) or logits (see `apply_softmax`).
+        source: a clip folder, CSV/list file, `(path, label)` pairs or TFDS dataset, as in `make_dataset`.
+        preset: None, a preset name or a preprocessing dict (clip length, stride, test resize and crop, mean/std,
+            index rules).
+        num_clips: temporal views per video. Defaults to 10.
+        num_crops: spatial views per clip, 1 (centre) or 3 (along the long side). Defaults to 3.
+        batch_size: most views per forward pass. Defaults to as many as `max_batch_bytes` allows.
+        max_batch_bytes: cap on the float32 input bytes of one forward pass. Defaults to 256 MiB.
+        apply_softmax: softmax each view's output before averaging (for models that output logits). Defaults to
+            False (average the outputs as they are: probabilities for the zoo's models, logits for gluon-cv's
+            protocol, which averages logits).
+        top_k: the k of the reported accuracies. Defaults to (1, 5).
+        split, class_names, data_dir, extensions: as in `make_dataset`.
+        on_error: `"skip"` leaves out videos that fail to decode (listed in the result) or `"raise"`.
+        num_workers: decoding threads. Defaults to the CPU count.
+        decode_options: dict for the decoder (`backend`, `max_pixels`, `timeout`, `max_buffer_bytes`).
+        return_predictions: also return the per-video averaged scores, labels, names and per-view scores.
+        progress: show a tqdm progress bar.
+        **overrides: preprocessing keys (e.g. `num_frames=32, sampling_rate=2, test_crop=224`).
+
+    Returns:
+        dict with `video_top{k}` and `clip_top{k}` (fractions in [0, 1]) for each k, `num_videos`, `num_views`
+        (views evaluated), `views_per_video`, `num_skipped`, `skipped` (`[(name, reason)]`), and with
+        `return_predictions` also `video_scores` `(N, C)`, `view_scores` `(N, V, C)`, `labels` `(N,)`, `names`.
+
+    Example:
+        >>> model = nonlocal_zoo.nl_resnet50_3d(weights="kinetics400")
+        >>> result = evaluate(model, "kinetics_val/", preset="i3d_nl5_r50_8x8_kinetics400")
+        >>> result["video_top1"], result["clip_top1"]
+    """
+    if on_error not in ON_ERROR:
+        raise ValueError(f"`on_error` must be one of {ON_ERROR}. Received: on_error={on_error!r}")
+    if not isinstance(num_clips, int) or num_clips < 1:
+        raise ValueError(f"`num_clips` must be a positive int. Received: num_clips={num_clips!r}")
+    if num_crops not in (1, 3):
+        raise ValueError(f"`num_crops` must be 1 or 3. Received: num_crops={num_crops!r}")
+    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(f"`batch_size` must be a positive int or None. Received: batch_size={batch_size!r}")
+    top_k = tuple(int(k) for k in top_k)
+    if not top_k or min(top_k) < 1:
+        raise ValueError(f"`top_k` must be positive ints. Received: top_k={top_k!r}")
+    config = preprocessing.resolve_preprocessing(preset, test_num_clips=num_clips, test_num_crops=num_crops,
+                                                 **overrides)
+    views_per_video = num_clips * num_crops
+    view_bytes = 4 * config["num_frames"] * config["test_crop"] ** 2 * 3
+    cap = max(1, int(max_batch_bytes) // view_bytes)
+    views_per_batch = cap if batch_size is None else min(batch_size, cap)
+    decode_options = {"num_threads": 1, **(decode_options or {})}
+    num_workers = num_workers or os.cpu_count() or 1
+
+    predict = getattr(model, "predict_on_batch", None) or model
+
+    def load(item):
+        video, label, name = item
+        try:
+            # uint8 views (4x smaller while queued); normalised per batch just before the model
+            views = preprocessing.multiview_clips(video, preset=config, normalize=False,
+                                                  decode_options=decode_options)
+            return views, label, name, None
+        except Exception as e:  # one bad video never ends an evaluation with on_error="skip"
+            if on_error == "raise":
+                raise
+            return None, label, name, e
+
+    items, _ = _iter_items(source, split=split, class_names=class_names, data_dir=data_dir, extensions=extensions)
+
+    pending_views = []  # list of (video slot, view array (V, T, S, S, 3))
+    pending_count = 0
+    outputs = collections.defaultdict(list)  # video slot -> list of (n, C) output arrays
+    labels, names, skipped = [], [], []
+    video_scores, view_scores = [], []
+
+    def run_model(chunks):
+        x = np.concatenate([v for _, v in chunks])  # (B, T, S, S, 3), B <= views_per_batch
+        x = transforms.normalize(x, mean=config["mean"], std=config["std"], scale=config["scale"],
+                                 channel_order="RGB")  # `_finish` already applied the channel order
+        y = np.asarray(predict(x))
+        if y.ndim != 2 or y.shape[0] != x.shape[0]:
+            raise ValueError(f"The model must return (batch, num_classes) scores. Received: output shape {y.shape}")
+        if apply_softmax:
+            y = _softmax(y.astype(np.float64))
+        start = 0
+        for slot, v in chunks:
+            outputs[slot].append(y[start:start + len(v)])
+            start += len(v)
+
+    def flush(final=False):
+        nonlocal pending_views, pending_count
+        while pending_count >= views_per_batch or (final and pending_count):
+            chunk, taken = [], 0
+            while pending_views and taken < views_per_batch:
+                slot, v = pending_views[0]
+                room = views_per_batch - taken
+                if len(v) <= room:
+                    chunk.append((slot, v))
+                    taken += len(v)
+                    pending_views.pop(0)
+                else:
+                    chunk.append((slot, v[:room]))
+                    pending_views[0] = (slot, v[room:])
+                    taken += room
+            pending_count -= taken
+            run_model(chunk)
+        done = [slot for slot in list(outputs) if sum(len(o) for o in outputs[slot]) == views_per_video]
+        for slot in sorted(done):
+            per_view = np.concatenate(outputs.pop(slot))  # (V, C)
+            view_scores[slot] = per_view
+            video_scores[slot] = per_view.mean(axis=0)
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(unit="video", desc="evaluate")
+    with concurrent.futures.ThreadPoolExecutor(num_workers) as pool:
+        in_flight = collections.deque()
+        iterator = iter(items)
+        exhausted = False
+        while True:
+            while not exhausted and len(in_flight) < num_workers + 1:
+                try:
+                    in_flight.append(pool.submit(load, next(iterator)))
+                except StopIteration:
+                    exhausted = True
+            if not in_flight:
+                break
+            views, label, name, error = in_flight.popleft().result()
+            if bar is not None:
+                bar.update(1)
+            if error is not None:
+                reason = getattr(error, "reason", None) or f"{type(error).__name__}: {error}"
+                skipped.append((name, reason))
+                continue
+            slot = len(labels)
+            labels.append(label)
+            names.append(name)
+            video_scores.append(None)
+            view_scores.append(None)
+            pending_views.append((slot, views))
+            pending_count += len(views)
+            flush()
+        flush(final=True)
+    if bar is not None:
+        bar.close()
+    if skipped:
+        logger.warning("evaluate: skipped %d videos that could not be decoded: %s", len(skipped),
+                       "; ".join(f"{n} ({r})" for n, r in skipped[:20]))
+    if not labels:
+        raise ValueError(f"No video could be evaluated ({len(skipped)} skipped): {skipped[:5]}")
+
+    labels_arr = np.asarray(labels, dtype=np.int64)
+    video_arr = np.stack(video_scores)  # (N, C)
+    view_arr = np.stack(view_scores)  # (N, V, C)
+    if labels_arr.max() >= video_arr.shape[-1]:
+        raise ValueError(
+            f"A label ({labels_arr.max()}) is outside the model's {video_arr.shape[-1]} classes."
+        )
+    result = {}
+    for k in top_k:
+        result[f"video_top{k}"] = float(_topk_hits(video_arr, labels_arr, k).mean())
+        hits = _topk_hits(view_arr, np.repeat(labels_arr[:, None], views_per_video, axis=1), k)
+        result[f"clip_top{k}"] = float(hits.mean())
+    result.update({"num_videos": len(labels), "num_views": len(labels) * views_per_video,
+                   "views_per_video": views_per_video, "num_skipped": len(skipped), "skipped": skipped})
+    if return_predictions:
+        result.update({"video_scores": video_arr, "view_scores": view_arr, "labels": labels_arr, "names": names})
+    return result
