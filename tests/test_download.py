@@ -31,7 +31,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         state = self.server.state
         path = self.path
-        state.requests.append({"path": path, "range": self.headers.get("Range"), "if_range": self.headers.get("If-Range")})
+        state.requests.append(
+            {"path": path, "range": self.headers.get("Range"), "if_range": self.headers.get("If-Range")}
+        )
         if path not in state.files:
             self.send_error(404)
             return

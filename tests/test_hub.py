@@ -49,7 +49,9 @@ def test_parse_hf_uri(uri, expected):
     assert parse_hf_uri(uri) == expected
 
 
-@pytest.mark.parametrize("uri", ["org/repo", "hf://org", "hf://org/", "hf://org/repo@", "hf://org/repo/../x", "hf://o g/repo", None])
+@pytest.mark.parametrize(
+    "uri", ["org/repo", "hf://org", "hf://org/", "hf://org/repo@", "hf://org/repo/../x", "hf://o g/repo", None]
+)
 def test_parse_hf_uri_rejects(uri):
     with pytest.raises(ValueError, match=re.escape(f"uri={uri!r}")):
         parse_hf_uri(uri)
@@ -57,8 +59,8 @@ def test_parse_hf_uri_rejects(uri):
 
 def test_resolve_from_local_cache_offline(hf_home):
     weights, config = b"\x89HDF fake weights", b'{"class_name": "Functional"}'
-    snapshot = _snapshot(hf_home, "org/repo", {"model.weights.h5": weights, "config.json": config, "README.md": b"# card"},
-                         refs=("main", "v1"))
+    files = {"model.weights.h5": weights, "config.json": config, "README.md": b"# card"}
+    snapshot = _snapshot(hf_home, "org/repo", files, refs=("main", "v1"))
     assert resolve_hf("hf://org/repo") == snapshot
     assert resolve_hf("hf://org/repo@v1") == snapshot
     assert resolve_hf(f"hf://org/repo@{COMMIT}") == snapshot
@@ -138,7 +140,8 @@ def test_upload_folder_to_hub(tmp_path, fake_api):
     assert out == "commit-info"
     assert (folder / "README.md").read_text() == "# I3D\n"
     assert fake_api.calls[0] == ("init", "tok")
-    assert fake_api.calls[1] == ("create_repo", {"repo_id": "me/i3d", "repo_type": "model", "private": True, "exist_ok": True})
+    create = {"repo_id": "me/i3d", "repo_type": "model", "private": True, "exist_ok": True}
+    assert fake_api.calls[1] == ("create_repo", create)
     upload = fake_api.calls[2][1]
     assert upload["repo_id"] == "me/i3d" and upload["folder_path"] == str(folder) and upload["commit_message"] == "msg"
 

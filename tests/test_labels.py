@@ -145,4 +145,5 @@ def test_preprocess_input_on_backend_tensors():
     tensor = keras.ops.convert_to_tensor(clip)
     out = preprocess_input(tensor, "mmaction2")
     assert keras.backend.standardize_dtype(out.dtype) == "float32"
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(out), preprocess_input(clip, "mmaction2"), rtol=1e-6, atol=1e-6)
+    expected = preprocess_input(clip, "mmaction2")
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(out), expected, rtol=1e-6, atol=1e-6)

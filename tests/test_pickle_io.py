@@ -74,7 +74,8 @@ def _py2_pickle(obj, protocol):
         fortran = b"\x88" if (a.flags.f_contiguous and not a.flags.c_contiguous) else false
         if protocol != 2 and fortran == b"\x88":
             fortran = b"I01\n"
-        header = g(b"numpy.core.multiarray", b"_reconstruct") + tup([g(b"numpy", b"ndarray"), tup([i(0)]), s(b"b")]) + b"R"
+        new = tup([g(b"numpy", b"ndarray"), tup([i(0)]), s(b"b")])
+        header = g(b"numpy.core.multiarray", b"_reconstruct") + new + b"R"
         return header + tup([i(1), tup([i(d) for d in a.shape]), dtype(a), fortran, s(data)]) + b"b"
 
     return (b"\x80\x02" if protocol == 2 else b"") + value(obj) + b"."
@@ -223,7 +224,8 @@ def test_torch_malicious_checkpoint_refused(tmp_path):
     torch = pytest.importorskip("torch")
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.pth"
-    torch.save({"state_dict": {"w": torch.ones(2)}, "x": _Payload(builtins.eval, f"open({str(marker)!r}, 'w').close()")}, path)
+    payload = _Payload(builtins.eval, f"open({str(marker)!r}, 'w').close()")
+    torch.save({"state_dict": {"w": torch.ones(2)}, "x": payload}, path)
     with pytest.raises(UnsafePickleError, match=re.escape(str(path))):
         load_torch_state_dict(path)
     assert not marker.exists()

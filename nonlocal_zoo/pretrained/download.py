@@ -188,12 +188,19 @@ def fetch(
         if problem is None:
             return target
         if problem != "missing":
-            logger.warning("Cached file %s failed verification (%s); deleting it and downloading again.", target, problem)
+            logger.warning(
+                "Cached file %s failed verification (%s); deleting it and downloading again.", target, problem
+            )
             _remove(target, _sidecar(target))
         if offline:
-            reason = "is not in the cache" if problem == "missing" else f"was in the cache but failed verification ({problem}) and was deleted"
+            reason = (
+                "is not in the cache"
+                if problem == "missing"
+                else f"was in the cache but failed verification ({problem}) and was deleted"
+            )
             raise OfflineError(
-                f"Offline mode is on (NONLOCAL_ZOO_OFFLINE or HF_HUB_OFFLINE), and '{file_name}' {reason}. "
+                "Offline mode is on (offline=True, NONLOCAL_ZOO_OFFLINE=1 or HF_HUB_OFFLINE=1), "
+                f"and '{file_name}' {reason}. "
                 f"Expected at: {target} (from {url}). Download it while online, or copy the file there."
             )
         _download(url, part, retries=retries, timeout=timeout, progress=progress, desc=file_name)
@@ -364,7 +371,9 @@ def _stream(url, part, *, timeout, progress, desc, allow_resume=True):
         if status >= 400:
             raise DownloadError(f"HTTP {status} {response.reason} while downloading {url}", url=url, status=status)
         if status not in (200, 206):
-            raise DownloadError(f"Unexpected HTTP {status} {response.reason} while downloading {url}", url=url, status=status)
+            raise DownloadError(
+                f"Unexpected HTTP {status} {response.reason} while downloading {url}", url=url, status=status
+            )
 
         total = _content_length(response)
         if status == 206:
@@ -394,7 +403,7 @@ def _stream(url, part, *, timeout, progress, desc, allow_resume=True):
         try:
             with open(part, mode) as f, tqdm(
                 total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024, desc=desc,
-                disable=not progress, leave=False,
+                disable=not progress,
             ) as bar:
                 for chunk in response.iter_content(chunk_size=_STREAM_CHUNK_BYTES):
                     f.write(chunk)

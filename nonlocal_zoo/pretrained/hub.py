@@ -58,7 +58,9 @@ def _hub_cache_dir():
     return None
 
 
-def resolve_hf(uri, *, revision=None, allow_patterns=MODEL_FILE_PATTERNS, token=None, cache_dir=None, local_files_only=None):
+def resolve_hf(
+    uri, *, revision=None, allow_patterns=MODEL_FILE_PATTERNS, token=None, cache_dir=None, local_files_only=None
+):
     """Downloads (or finds in the cache) what an `hf://` URI names and returns its local path.
 
     `hf://org/repo` and `hf://org/repo@revision` return the local snapshot folder. It holds the files that match
@@ -94,7 +96,9 @@ def resolve_hf(uri, *, revision=None, allow_patterns=MODEL_FILE_PATTERNS, token=
 
     repo_id, uri_revision, filename = parse_hf_uri(uri)
     if revision is not None and uri_revision is not None and revision != uri_revision:
-        raise ValueError(f"The URI names revision {uri_revision!r} but revision={revision!r} was passed. Received: uri={uri!r}")
+        raise ValueError(
+            f"The URI names revision {uri_revision!r} but revision={revision!r} was passed. Received: uri={uri!r}"
+        )
     revision = revision or uri_revision
     cache_dir = cache_dir or _hub_cache_dir()
     if local_files_only is None:
@@ -106,7 +110,8 @@ def resolve_hf(uri, *, revision=None, allow_patterns=MODEL_FILE_PATTERNS, token=
     try:
         if filename is not None:
             return Path(huggingface_hub.hf_hub_download(filename=filename, **common))
-        folder = Path(huggingface_hub.snapshot_download(allow_patterns=list(allow_patterns) if allow_patterns else None, **common))
+        patterns = list(allow_patterns) if allow_patterns else None
+        folder = Path(huggingface_hub.snapshot_download(allow_patterns=patterns, **common))
     except LocalEntryNotFoundError as error:
         where = cache_dir or "the default Hugging Face cache (~/.cache/huggingface/hub)"
         what = f"'{filename}' of " if filename else ""
@@ -189,7 +194,9 @@ def upload_folder_to_hub(
     )
 
 
-def push_to_hub(model, repo_id, *, card=None, token=None, private=False, commit_message="Upload model with nonlocal_zoo"):
+def push_to_hub(
+    model, repo_id, *, card=None, token=None, private=False, commit_message="Upload model with nonlocal_zoo"
+):
     """Saves a Keras model in Keras's unzipped layout and uploads it to the Hub.
 
     The repository gets `config.json`, `metadata.json` and `model.weights.h5`. That is the layout

@@ -35,7 +35,9 @@ def _latin1_encode(obj, encoding="latin1", errors="strict"):
     Only the latin-1 codec is allowed: other codec names could pull in other modules.
     """
     if not isinstance(obj, str) or encoding.lower().replace("_", "-") not in ("latin1", "latin-1", "iso-8859-1"):
-        raise UnsafePickleError(f"_codecs.encode({type(obj).__name__}, {encoding!r}) (only latin-1 text may be encoded)")
+        raise UnsafePickleError(
+            f"_codecs.encode({type(obj).__name__}, {encoding!r}) (only latin-1 text may be encoded)"
+        )
     return obj.encode("latin-1", errors)
 
 
