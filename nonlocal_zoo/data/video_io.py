@@ -53,12 +53,15 @@ class _OpenCVReader:
         params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, timeout_ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, timeout_ms]
         if num_threads is not None:
             params += [cv2.CAP_PROP_N_THREADS, int(num_threads)]
+        start = time.monotonic()
         try:
             cap = cv2.VideoCapture(path, cv2.CAP_FFMPEG, params)
         except cv2.error as e:
             raise VideoDecodeError(path, f"OpenCV failed to open it ({str(e).strip()})") from None
         if not cap.isOpened():
             cap.release()
+            if time.monotonic() - start >= timeout:
+                raise VideoDecodeError(path, f"opening exceeded the time limit of {timeout} s")
             raise VideoDecodeError(
                 path,
                 "OpenCV/FFmpeg cannot open it: not a video, an unsupported format, or a damaged/truncated "
@@ -104,7 +107,7 @@ class _PyAVReader:
             raise ImportError("backend='pyav' needs PyAV: `pip install av`.") from None
         self._av = av
         try:
-            self._container = av.open(path, timeout=(timeout, timeout))
+            self._container = av.open(path, timeout=(timeout, timeout), metadata_errors="replace")
         except Exception as e:  # av.FFmpegError subclasses, OSError, UnicodeDecodeError from odd metadata
             raise VideoDecodeError(path, f"PyAV/FFmpeg cannot open it ({type(e).__name__}: {e})") from None
         if not self._container.streams.video:
