@@ -11,6 +11,7 @@ import argparse
 import concurrent.futures
 import json
 import os
+import resource
 import tempfile
 import time
 
@@ -35,7 +36,13 @@ def _write_clips(folder, *, num_clips, num_frames, height=256, width=340, fps=25
     return paths
 
 
+def _cpu_seconds():
+    usage = resource.getrusage(resource.RUSAGE_SELF)  # all threads of this process
+    return usage.ru_utime + usage.ru_stime
+
+
 def _time_dataset(folder, *, parallel, repeats, warmup_batches=1):
+    """(clips/s, CPU cores busy) of make_dataset(training=True) with `parallel` decoding calls."""
     from nonlocal_zoo.data import make_dataset
 
     ds = make_dataset(folder, training=True, batch_size=4, num_parallel_calls=parallel, repeat=True, seed=0,
@@ -43,12 +50,11 @@ def _time_dataset(folder, *, parallel, repeats, warmup_batches=1):
     it = iter(ds)
     for _ in range(warmup_batches):
         next(it)
-    n_batches = repeats
-    start = time.perf_counter()
-    for _ in range(n_batches):
+    cpu, start = _cpu_seconds(), time.perf_counter()
+    for _ in range(repeats):
         next(it)
     elapsed = time.perf_counter() - start
-    return n_batches * 4 / elapsed
+    return repeats * 4 / elapsed, (_cpu_seconds() - cpu) / elapsed
 
 
 def _time_decoder(paths, *, workers, repeats):
@@ -64,36 +70,50 @@ def _time_decoder(paths, *, workers, repeats):
     jobs = list(range(repeats))
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
         list(pool.map(load, jobs[:workers]))  # warm-up
-        start = time.perf_counter()
+        cpu, start = _cpu_seconds(), time.perf_counter()
         list(pool.map(load, jobs))
         elapsed = time.perf_counter() - start
-    return repeats / elapsed
+    return repeats / elapsed, (_cpu_seconds() - cpu) / elapsed
 
 
 def run(quick=True):
     """Measure clip throughput with 1 and 2 (quick) or 1, 2, 4 and AUTOTUNE parallel calls.
 
+    Frame counts are cached first (steady state: from the second epoch on, decoding stops at the last needed frame);
+    `cold_*` is a first epoch, which decodes every clip to the end to count its frames.
+
     Returns:
-        dict with `clips_per_s` per setting (`dataset_parallel_<n>`, `decoder_threads_<n>`), the speed-ups of 2 over
-        1, the CPU count, and the clip format.
+        dict with `clips_per_s` and `cores_busy` (process CPU seconds per wall second) per setting
+        (`dataset_parallel_<n>`: make_dataset; `decoder_threads_<n>`: the bare decoder in a thread pool), the
+        speed-ups of 2 over 1, the CPU count and the load average before the run (other processes share the cores).
     """
     import tensorflow as tf
+
+    from nonlocal_zoo.data import count_frames
 
     num_clips = 8 if quick else 24
     num_frames = 80 if quick else 150
     repeats = 6 if quick else 20
     settings = [1, 2] if quick else [1, 2, 4, tf.data.AUTOTUNE]
-    result = {"cpu_count": os.cpu_count(), "clip": f"{num_frames} frames 340x256 mp4v, 8x8 official sampling, "
-                                                   "224 crop, batch 4", "clips_per_s": {}}
+    result = {"cpu_count": os.cpu_count(), "load_average_before": [round(v, 2) for v in os.getloadavg()],
+              "clip": f"{num_frames} frames 340x256 mp4v, 8x8 official sampling, 224 crop, batch 4",
+              "clips_per_s": {}, "cores_busy": {}}
     with tempfile.TemporaryDirectory() as folder:
         paths = _write_clips(folder, num_clips=num_clips, num_frames=num_frames)
+        cold, busy = _time_dataset(folder, parallel=2, repeats=max(1, num_clips // 4 - 1))
+        result["clips_per_s"]["cold_dataset_parallel_2"] = round(cold, 2)
+        result["cores_busy"]["cold_dataset_parallel_2"] = round(busy, 2)
+        for path in paths:
+            count_frames(path)
         for workers in ([1, 2] if quick else [1, 2, 4]):
-            result["clips_per_s"][f"decoder_threads_{workers}"] = round(
-                _time_decoder(paths, workers=workers, repeats=4 * repeats), 2)
+            cps, busy = _time_decoder(paths, workers=workers, repeats=4 * repeats)
+            result["clips_per_s"][f"decoder_threads_{workers}"] = round(cps, 2)
+            result["cores_busy"][f"decoder_threads_{workers}"] = round(busy, 2)
         for parallel in settings:
             key = "autotune" if parallel == tf.data.AUTOTUNE else str(parallel)
-            result["clips_per_s"][f"dataset_parallel_{key}"] = round(
-                _time_dataset(folder, parallel=parallel, repeats=repeats), 2)
+            cps, busy = _time_dataset(folder, parallel=parallel, repeats=repeats)
+            result["clips_per_s"][f"dataset_parallel_{key}"] = round(cps, 2)
+            result["cores_busy"][f"dataset_parallel_{key}"] = round(busy, 2)
     cps = result["clips_per_s"]
     result["speedup_dataset_2_vs_1"] = round(cps["dataset_parallel_2"] / cps["dataset_parallel_1"], 2)
     result["speedup_decoder_2_vs_1"] = round(cps["decoder_threads_2"] / cps["decoder_threads_1"], 2)

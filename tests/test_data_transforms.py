@@ -259,4 +259,4 @@ def test_train_clip_and_views_give_exact_sizes_and_values():
                             test_crop=64)
     assert views.shape == (6, 4, 64, 64, 3)
     # clip 1 starts at int(40 / 2 * 1) = 20; crop 2 is at the right end (offset 2 * ((80 - 64) // 2) = 16)
-    np.testing.assert_allclose(views[5], (video[20:28:2, :, 16:80].astype(np.float32) - 114.75) / 57.375, rtol=1e-6)
+    np.testing.assert_allclose(views[5], (video[20:28:2, :, 16:80].astype(np.float32) - 114.75) / 57.375, atol=1e-6)

@@ -274,9 +274,10 @@ def normalize(frames, *, mean, std, scale=255.0, channel_order="RGB", dtype="flo
     std = np.asarray(std, dtype=np.float32)
     if np.any(std == 0):
         raise ValueError(f"`std` must be non-zero. Received: std={std.tolist()}")
-    out = x.astype(np.float32)
-    if scale != 255.0:
-        out *= np.float32(scale / 255.0)
-    out -= mean
-    out /= std
+    # one pass to float32 and one in-place add: x * (scale / 255 / std) + (-mean / std)
+    factor = (np.float64(scale) / 255.0 / std.astype(np.float64)).astype(np.float32)
+    offset = (-mean.astype(np.float64) / std.astype(np.float64)).astype(np.float32)
+    out = np.empty(x.shape, np.float32)
+    np.multiply(x, factor, out=out, casting="unsafe")
+    out += offset
     return out.astype(dtype, copy=False)
