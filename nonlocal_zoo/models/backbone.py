@@ -150,7 +150,8 @@ def make_input(input_shape=None, input_tensor=None, default_shape=(None, None, N
             inputs = input_tensor
         else:
             inputs = keras.Input(tensor=input_tensor, shape=tensor_shape)
-        return inputs, keras.utils.get_source_inputs(input_tensor)
+        sources = keras.utils.get_source_inputs(input_tensor)
+        return inputs, sources[0] if len(sources) == 1 else sources
     shape = tuple(default_shape if input_shape is None else input_shape)
     inputs = keras.Input(shape=shape, name="clip")
     return inputs, inputs
@@ -229,6 +230,11 @@ def get_stage_outputs(model):
     return outputs
 
 
+def _model_input(model):
+    """The model's input structure as it was built (a single tensor stays a single tensor)."""
+    return model.inputs[0] if len(model.inputs) == 1 else model.inputs
+
+
 def build_feature_extractor(model, stages=None):
     """A model from the same input to a dict of stage outputs (shares the layers and weights of `model`).
 
@@ -245,4 +251,4 @@ def build_feature_extractor(model, stages=None):
         if missing:
             raise ValueError(f"Unknown stages {missing}; the model has {sorted(outputs)}. Received: stages={stages!r}")
         outputs = {s: outputs[s] for s in stages}
-    return keras.Model(model.inputs, outputs, name=f"{model.name}_features")
+    return keras.Model(_model_input(model), outputs, name=f"{model.name}_features")

@@ -88,5 +88,6 @@ def add_classifier_head(
         fully_convolutional=fully_convolutional,
         pool_size=pool_size,
     )
-    return keras.Model(backbone.inputs, outputs, name=name or backbone.name)
+    inputs = backbone.inputs[0] if len(backbone.inputs) == 1 else backbone.inputs
+    return keras.Model(inputs, outputs, name=name or backbone.name)
 
