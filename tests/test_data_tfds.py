@@ -87,3 +87,17 @@ def test_builder_arguments_are_checked(tmp_path):
         prepare_tfds(tmp_path, tmp_path / "tfds", encoding_format="gif")
     with pytest.raises(ValueError, match=r"Received: root_dir="):
         prepare_tfds(tmp_path / "missing", tmp_path / "tfds")
+
+
+def test_default_config_and_loading_by_name(tmp_path):
+    from nonlocal_zoo.data import prepare_tfds
+
+    (tmp_path / "clips" / "walk").mkdir(parents=True)
+    write_index_video(tmp_path / "clips" / "walk" / "a.mp4", 5, offset=3)
+    builder = prepare_tfds(tmp_path / "clips", tmp_path / "tfds", name="my_clips")  # jpeg, one train split
+    assert builder.builder_config.name == "jpeg" and builder.info.splits["train"].num_examples == 1
+    ds = make_dataset("tfds:my_clips", data_dir=tmp_path / "tfds", training=False, batch_size=None, num_frames=2,
+                      sampling_rate=1, test_short_side=64, test_crop=64)
+    (clip, label), = list(ds)
+    frame = np.clip(np.round(clip.numpy()[0] * 57.375 + 114.75), 0, 255).astype(np.uint8)
+    assert (decode_index(frame), int(label)) == (3, 0)

@@ -195,6 +195,8 @@ def prepare_tfds(folder, data_dir, *, name="video_folder", short_side=None, max_
     cls = video_folder_builder_class(name)
     config = VideoFolderConfig(short_side=short_side, max_frames=max_frames, encoding_format=encoding_format)
     data_dir = os.path.abspath(os.path.expanduser(os.fspath(data_dir)))
+    if config.name in {c.name for c in cls.BUILDER_CONFIGS}:  # TFDS refuses a new object named like a predefined one
+        config = config.name
     builder = cls(root_dir=folder, config=config, data_dir=data_dir, class_names=class_names,
                   decode_options=decode_options)
     mode = tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
