@@ -311,3 +311,27 @@ def test_video_decode_error_pickles():
     err = pickle.loads(pickle.dumps(VideoDecodeError("/x/clip.mp4", "file not found")))
     assert (err.path, err.reason) == ("/x/clip.mp4", "file not found")
     assert str(err) == "Cannot decode video '/x/clip.mp4': file not found"
+
+
+def test_read_frames_for_uses_decoded_counts_in_one_or_two_passes(tmp_path):
+    from nonlocal_zoo.data import read_frames_for
+    from nonlocal_zoo.data.video_io import cached_frame_count
+
+    path = tmp_path / "clip.avi"
+    write_index_video(path, 45, fourcc="MJPG")
+    seen = []
+
+    def select(num_frames):
+        seen.append(num_frames)
+        return np.array([[num_frames - 1, 0], [7, 7]])
+
+    for buffer in (1, 512 * 2**20):  # too small to hold the video (count, then select) / large enough (one pass)
+        video_io._COUNT_CACHE.clear()
+        frames, indices, count = read_frames_for(path, select, max_buffer_bytes=buffer)
+        assert count == 45 and frames.shape == (2, 2, 64, 64, 3)
+        assert [[decode_index(f) for f in row] for row in frames] == [[44, 0], [7, 7]]
+        assert cached_frame_count(path) == 45
+    frames, _, _ = read_frames_for(path, select)  # cached count: decodes only up to frame 44
+    assert seen == [45, 45, 45]
+    with pytest.raises(ValueError, match=r"outside \[0, 45\)"):
+        read_frames_for(path, lambda n: [n])
