@@ -75,7 +75,7 @@ def sample_train_indices(num_video_frames, *, num_frames, sampling_rate, samplin
 
     Example:
         >>> sample_train_indices(300, num_frames=8, sampling_rate=8, rng=0)
-        array([ 85,  93, 101, 109, 117, 125, 133, 141])
+        array([201, 209, 217, 225, 233, 241, 249, 257])
     """
     _check(num_video_frames, num_frames, sampling_rate, sampling)
     rng = np.random.default_rng(rng)

@@ -121,7 +121,7 @@ def random_short_side(scale_range, *, rng, sampling="official"):
 
     Example:
         >>> random_short_side((256, 320), rng=np.random.default_rng(0))
-        261
+        311
     """
     _check_sampling(sampling)
     low, high = _check_range(scale_range)
