@@ -219,13 +219,15 @@ def factory_preset(factory, *, clip="32x2", source="official", num_nonlocal=None
     if factory not in FACTORY_PRESETS:
         raise ValueError(f"Unknown factory. Expected one of {sorted(FACTORY_PRESETS)}. Received: factory={factory!r}")
     table = FACTORY_PRESETS[factory]
-    key = (clip, source) if num_nonlocal is None else (clip, source, num_nonlocal)
-    if key not in table:
-        choices = ", ".join(
-            f"clip={k[0]!r}, source={k[1]!r}" + (f", num_nonlocal={k[2]}" if len(k) == 3 else "") for k in table
-        )
+    with_nl = factory.startswith("nl_")
+    if with_nl and num_nonlocal is None:
+        num_nonlocal = 5
+    key = (clip, source, num_nonlocal) if with_nl else (clip, source)
+    if key not in table or (not with_nl and num_nonlocal is not None):
+        fields = "(clip, source, num_nonlocal)" if with_nl else "(clip, source)"
+        choices = "; ".join(", ".join(repr(v) for v in k) for k in table)
         received = f"clip={clip!r}, source={source!r}" + ("" if num_nonlocal is None else f", num_nonlocal={num_nonlocal!r}")
-        raise ValueError(f"`{factory}` has no such variant. Choices: {choices}. Received: {received}")
+        raise ValueError(f"`{factory}` has no such variant. Choices {fields}: {choices}. Received: {received}")
     return table[key]
 
 
