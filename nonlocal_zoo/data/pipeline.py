@@ -101,7 +101,9 @@ def _tfds_source(source, split, data_dir):
         return None
     split = split or "train"
     if split not in builder.info.splits:
-        raise ValueError(f"TFDS dataset {builder.name!r} has splits {list(builder.info.splits)}. Received: split={split!r}")
+        raise ValueError(
+            f"TFDS dataset {builder.name!r} has splits {list(builder.info.splits)}. Received: split={split!r}"
+        )
     ds = builder.as_dataset(split=split, shuffle_files=False)
     features = builder.info.features
     if "video" not in features or "label" not in features:

@@ -3,12 +3,16 @@
 Every function takes the number of frames that were actually decoded (`num_video_frames`, never a header count)
 and returns int64 frame indices in `[0, num_video_frames)`.
 
-| `sampling` | training clip | test clips (view k of n) | short videos |
-|---|---|---|---|
-| `"official"` (Caffe2 `DecodeClipFromVideoFileFlex`) | start uniform int in `[0, F - T*r]` | start `int(float32(F / n) * k) % F` | indices wrap modulo F |
-| `"pyslowfast"` (`decoder.get_start_end_idx` + `temporal_sampling`) | start uniform real in `[0, F - T*r]` | start `(F - T*r) * k / n` | float32 `linspace(start, start + T*r - 1, T)`, clamped to `[0, F-1]` |
-| `"mmaction2"` (`SampleFrames`) | start `randint(F - T*r + 1)` | start `round(k * max(F - ((T-1)*r + 1), 0) / (n - 1))` | indices wrap modulo F |
-| `"gluoncv"` (`VideoClsDataset`) | `linspace(end - T*r, end, T)`, end `randint(T*r, F)` | every r-th frame, then `T` consecutive from `int(k * step)` | linspace over the video, last frame repeated |
+- `"official"` (Caffe2 `DecodeClipFromVideoFileFlex`): training start uniform int in `[0, F - T*r]`; test view k
+  of n starts at `int(float32(F / n) * k) % F`; indices `start + i*r` wrap modulo F (short videos loop).
+- `"pyslowfast"` (`decoder.get_start_end_idx` + `temporal_sampling`): training start uniform real in
+  `[0, F - T*r]`; test start `(F - T*r) * k / n`; indices `float32 linspace(start, start + T*r - 1, T)` clamped to
+  `[0, F - 1]` and truncated.
+- `"mmaction2"` (`SampleFrames`): training start `randint(F - T*r + 1)`; test start
+  `round(k * max(F - ((T-1)*r + 1), 0) / (n - 1))`; indices wrap modulo F.
+- `"gluoncv"` (`VideoClsDataset`): training `linspace(end - T*r, end, T)` with end `randint(T*r, F)`
+  (linspace over the whole video, last frame repeated, when it is short); test: keep every r-th frame, then T
+  consecutive kept frames from `int(k * step)`.
 """
 import numpy as np
 
@@ -18,7 +22,8 @@ SAMPLING_METHODS = ("official", "pyslowfast", "mmaction2", "gluoncv")
 def _check(num_video_frames, num_frames, sampling_rate, sampling):
     if not isinstance(num_video_frames, (int, np.integer)) or num_video_frames < 1:
         raise ValueError(
-            f"`num_video_frames` must be a positive int (decoded frames). Received: num_video_frames={num_video_frames!r}"
+            "`num_video_frames` must be a positive int (decoded frames). "
+            f"Received: num_video_frames={num_video_frames!r}"
         )
     if not isinstance(num_frames, (int, np.integer)) or num_frames < 1:
         raise ValueError(f"`num_frames` must be a positive int. Received: num_frames={num_frames!r}")

@@ -89,7 +89,9 @@ def list_video_folder(root, *, split=None, class_names=None, extensions=VIDEO_EX
     paths, labels = [], []
     for name in _class_dirs(folder):
         if name not in index:
-            raise ValueError(f"Class folder {name!r} of {folder!r} is not in class_names. Received: class_names={names}")
+            raise ValueError(
+                f"Class folder {name!r} of {folder!r} is not in class_names. Received: class_names={names}"
+            )
         for path in _files_under(os.path.join(folder, name), extensions):
             paths.append(path)
             labels.append(index[name])

@@ -37,8 +37,11 @@ class VideoFolderConfig(tfds.core.BuilderConfig):
         if max_frames is not None and (not isinstance(max_frames, int) or max_frames < 1):
             raise ValueError(f"`max_frames` must be a positive int or None. Received: max_frames={max_frames!r}")
         if encoding_format not in ENCODINGS:
-            raise ValueError(f"`encoding_format` must be one of {ENCODINGS}. Received: encoding_format={encoding_format!r}")
-        name = encoding_format + (f"_short{short_side}" if short_side else "") + (f"_max{max_frames}" if max_frames else "")
+            raise ValueError(
+                f"`encoding_format` must be one of {ENCODINGS}. Received: encoding_format={encoding_format!r}"
+            )
+        name = encoding_format + (f"_short{short_side}" if short_side else "")
+        name += f"_max{max_frames}" if max_frames else ""
         kwargs.setdefault("name", name)
         kwargs.setdefault("description", f"frames stored as {encoding_format}, short side {short_side or 'unchanged'}, "
                                          f"at most {max_frames or 'all'} frames per clip")

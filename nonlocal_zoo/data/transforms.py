@@ -3,12 +3,14 @@
 The protocols differ in small integer details, reproduced here because converted checkpoints are evaluated with
 them (`research/architecture.md` §5, `research/gluoncv.md` §2):
 
-| `sampling` | short-side resize `(H, W) -> ` | centre crop offset | 3 crops along the long side |
-|---|---|---|---|
-| `"official"` (`ScaleTransform`, `ClipTransformFlex`) | `int(float32(L) * float32(s / short))` | `(L - c) // 2` | `0, off, 2 * off` |
-| `"pyslowfast"` (`transform.py`) | `floor(L / short * s)` | `ceil((L - c) / 2)` | `0, ceil((L - c) / 2), L - c` |
-| `"mmaction2"` (`Resize`, `ThreeCrop`, `CenterCrop`) | `int(L * s / short + 0.5)` | `(L - c) // 2` | `0, (L - c) // 2, 2 * ((L - c) // 2)` |
-| `"gluoncv"` (`video_transforms`, `VideoClsDataset`) | `int(s * L / short)` | `round((L - c) / 2)` | `int(k * (L - c) / 2)` |
+- `"official"` (`ScaleTransform`, `ClipTransformFlex`): long side `int(float32(L) * float32(s / short))`;
+  centre offset `(L - c) // 2`; 3 crops at `0, off, 2 * off`.
+- `"pyslowfast"` (`transform.py`): long side `floor(L / short * s)`; centre `ceil((L - c) / 2)`; 3 crops at
+  `0, ceil((L - c) / 2), L - c`.
+- `"mmaction2"` (`Resize`, `CenterCrop`, `ThreeCrop`): long side `int(L * s / short + 0.5)`; centre `(L - c) // 2`;
+  3 crops at `0, (L - c) // 2, 2 * ((L - c) // 2)`.
+- `"gluoncv"` (`video_transforms`, `VideoClsDataset`): long side `int(s * L / short)`; centre
+  `round((L - c) / 2)`; 3 crops at `int(k * (L - c) / 2)`.
 
 Random training crops: official, mmaction2 and gluoncv draw offsets uniformly in `[0, L - c]`; PySlowFast draws
 in `[0, L - c)` (numpy `randint`). Scale jitter: a uniform integer short side in the range (PySlowFast:
