@@ -322,7 +322,7 @@ def test_input_tensor_and_factory_and_names():
         nl_resnet50_3d(clip="16x4")
 
 
-def test_weights_go_through_the_loader(monkeypatch):
+def test_weights_go_through_the_loader(monkeypatch, tmp_path):
     calls = []
     fake = types.ModuleType("nonlocal_zoo.pretrained.loading")
     fake.load_weights = lambda model, weights, **kwargs: calls.append((model.name, weights, kwargs))
@@ -335,6 +335,13 @@ def test_weights_go_through_the_loader(monkeypatch):
     assert calls == [("i3d_nl5_r50_8x8_kinetics400", "kinetics400",
                       {"preset": "i3d_nl5_r50_8x8_kinetics400", "include_top": True, "classes": 400})]
     assert model.get_layer("nonlocal_conv3_1").chunk_size == 64
+    # A weights file may carry another head (keras.applications checks `classes` only for its own weights).
+    path = tmp_path / "finetuned.weights.h5"
+    path.write_bytes(b"")
+    create_model("i3d_nl5_r50_8x8_kinetics400", weights=path, input_shape=(8, 32, 32, 3), classes=10,
+                 include_top=True)
+    assert calls[-1] == ("i3d_nl5_r50_8x8_kinetics400", path,
+                         {"preset": "i3d_nl5_r50_8x8_kinetics400", "include_top": True, "classes": 10})
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -347,6 +354,8 @@ def test_weights_go_through_the_loader(monkeypatch):
     ({"weights": "kinetics400", "input_shape": (8, 224, 224, 1)}, "3 input channels"),
     ({"nonlocal_block": [[], [], [], []]}, "Unknown architecture"),
     ({"pooling": "sum", "include_top": False}, "pooling"),
+    ({"weights": "kinetics400", "stage_depths": [3, 4, 23, 3], "temporal_kernels": [[1] * 3, [1] * 4, [1] * 23, [1] * 3]},
+     "stage_depths"),
     ({"fully_convolutional": True, "include_top": False}, "include_top"),
     ({"classes": 0}, "classes"),
     ({"input_shape": (8, 224, 224)}, "input_shape"),

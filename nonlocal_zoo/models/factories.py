@@ -73,8 +73,9 @@ def create_model(
         input_shape: `(frames, height, width, channels)`; `None` entries allowed. Defaults to
             `(num_frames, 224, 224, 3)` of the preset, or `(num_frames, None, None, 3)` when `fully_convolutional`.
         pooling: without the top: `None` (the 5-D res5 map), `"avg"` or `"max"` (global pooling).
-        classes: number of classes of `pred`. Defaults to 400. With `weights` and `include_top`, it must be 400
-            (use `include_top=False` and `add_classifier_head` to fine-tune on other classes).
+        classes: number of classes of `pred`. Defaults to 400. With `weights="kinetics400"` and `include_top`, it
+            must be 400 (use `include_top=False` and `add_classifier_head` to fine-tune on other classes); a weights
+            file may hold another head.
         classifier_activation: `"softmax"` or `None` (logits); any Keras activation without weights.
         fully_convolutional: the official test head: `pred` applied at every location of the `pool5` map on a large
             crop (256x256, 256x320, or `None` sizes), per-location softmax, then averaged. Defaults to `False`
@@ -111,10 +112,10 @@ def create_model(
         classes = KINETICS400_CLASSES
     elif isinstance(classes, bool) or not isinstance(classes, int) or classes < 1:
         raise ValueError(f"`classes` must be a positive integer. Received: classes={classes!r}")
-    if weights is not None and include_top and classes != KINETICS400_CLASSES:
+    if weights == PRETRAINED_WEIGHTS and include_top and classes != KINETICS400_CLASSES:
         raise ValueError(
-            f"With `weights` and `include_top=True`, `classes` must be {KINETICS400_CLASSES} (Kinetics-400). To "
-            "fine-tune on other classes use include_top=False and `add_classifier_head`. "
+            f"With weights='{PRETRAINED_WEIGHTS}' and `include_top=True`, `classes` must be {KINETICS400_CLASSES}. "
+            "To fine-tune on other classes use include_top=False and `add_classifier_head`. "
             f"Received: classes={classes}"
         )
     if weights is not None and include_top and classifier_activation not in ACTIVATIONS_WITH_WEIGHTS:
