@@ -2,8 +2,9 @@
 
 Writes synthetic Kinetics-like clips (340x256 after the official downscale, 25 fps, MPEG-4 Part 2) to a temporary
 folder, then measures `nonlocal_zoo.data.make_dataset(training=True)` (8x8 official sampling: decode up to the last
-needed frame, scale jitter, 224 crop, flip, normalise) with 1, 2, ... parallel calls, plus the bare decoder
-(`read_frames_for` in a thread pool) for comparison.
+needed frame, scale jitter, 224 crop, flip, normalise) with 1, 2, ... parallel calls (threads, then a process
+pool), plus the bare decoder (`read_frames_for` in a thread pool) for comparison. The numbers only mean something
+on an otherwise idle machine: `load_average_before` says how busy it was.
 
 Run: `python -m benchmarks.data_pipeline [--full]`; the harness calls `run(quick=True)`.
 """
@@ -41,12 +42,14 @@ def _cpu_seconds():
     return usage.ru_utime + usage.ru_stime
 
 
-def _time_dataset(folder, *, parallel, repeats, warmup_batches=1):
-    """(clips/s, CPU cores busy) of make_dataset(training=True) with `parallel` decoding calls."""
+def _time_dataset(folder, *, parallel, repeats, warmup_batches=1, parallelism="threads"):
+    """(clips/s, CPU cores busy) of make_dataset(training=True) with `parallel` decoding calls.
+
+    With processes, "cores busy" counts only this (parent) process, not the workers."""
     from nonlocal_zoo.data import make_dataset
 
     ds = make_dataset(folder, training=True, batch_size=4, num_parallel_calls=parallel, repeat=True, seed=0,
-                      deterministic=False, prefetch=False)
+                      deterministic=False, prefetch=False, parallelism=parallelism)
     it = iter(ds)
     for _ in range(warmup_batches):
         next(it)
@@ -114,9 +117,14 @@ def run(quick=True):
             cps, busy = _time_dataset(folder, parallel=parallel, repeats=repeats)
             result["clips_per_s"][f"dataset_parallel_{key}"] = round(cps, 2)
             result["cores_busy"][f"dataset_parallel_{key}"] = round(busy, 2)
+        for workers in ([1, 2] if quick else [1, 2, 4]):
+            cps, _ = _time_dataset(folder, parallel=workers, repeats=repeats, warmup_batches=2,
+                                   parallelism="processes")
+            result["clips_per_s"][f"dataset_processes_{workers}"] = round(cps, 2)
     cps = result["clips_per_s"]
     result["speedup_dataset_2_vs_1"] = round(cps["dataset_parallel_2"] / cps["dataset_parallel_1"], 2)
     result["speedup_decoder_2_vs_1"] = round(cps["decoder_threads_2"] / cps["decoder_threads_1"], 2)
+    result["speedup_processes_2_vs_1"] = round(cps["dataset_processes_2"] / cps["dataset_processes_1"], 2)
     return result
 
 

@@ -73,6 +73,125 @@ class DecodeReport:
             return bool(self.passes) and self.passes[-1]["num_skipped"] == self.passes[-1]["num_clips"]
 
 
+def _prepare_clip(video, seed_value, config, training, normalize, decode_options):
+    """One element: an augmented training clip, or the centre view of the test protocol."""
+    rng = np.random.default_rng(int(seed_value) & 0x7FFFFFFFFFFFFFFF)
+    if training:
+        return preprocessing.train_clip(video, preset=config, rng=rng, normalize=normalize,
+                                        decode_options=decode_options)
+    views = preprocessing.multiview_clips(video, preset=config, num_clips=1, num_crops=1, normalize=normalize,
+                                          decode_options=decode_options)
+    return views[0]
+
+
+def _process_worker(task):
+    """Runs in a worker process: returns `(clip, None)` or `(None, reason)`; never raises."""
+    path, seed_value, config, training, normalize, decode_options, out_dtype = task
+    try:
+        clip = _prepare_clip(path, seed_value, config, training, normalize, decode_options)
+        return clip.astype(out_dtype, copy=False), None
+    except Exception as e:  # reported by the parent, which decides between skip and raise
+        return None, getattr(e, "reason", None) or f"{type(e).__name__}: {e}"
+
+
+class _ProcessPool:
+    """A lazily started `ProcessPoolExecutor` of spawned workers (spawn, not fork: safe beside TensorFlow's
+    threads; scripts need the usual `if __name__ == "__main__":` guard). Restarted if a worker died."""
+
+    def __init__(self, num_workers):
+        self.num_workers = num_workers
+        self._executor = None
+        self._lock = threading.Lock()
+
+    def get(self):
+        import concurrent.futures
+        import multiprocessing
+
+        with self._lock:
+            if self._executor is not None and getattr(self._executor, "_broken", False):
+                self._executor.shutdown(wait=False, cancel_futures=True)
+                self._executor = None
+            if self._executor is None:
+                self._executor = concurrent.futures.ProcessPoolExecutor(
+                    self.num_workers, mp_context=multiprocessing.get_context("spawn"))
+            return self._executor
+
+
+_POOLS = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def _shared_pool(num_workers):
+    """One pool per worker count, shared by every dataset of this process (workers start once)."""
+    with _POOLS_LOCK:
+        if num_workers not in _POOLS:
+            _POOLS[num_workers] = _ProcessPool(num_workers)
+        return _POOLS[num_workers]
+
+
+def _process_generator(clips, *, pool, report, shuffle, repeat, seed, deterministic, on_error, task_args):
+    """Python generator of `(clip, label)` decoded by `pool`, at most 2 tasks per worker in flight."""
+    import concurrent.futures
+    import collections
+
+    iteration = {"count": 0}
+
+    def generate():
+        iteration_index = iteration["count"]
+        iteration["count"] += 1
+        executor = pool.get()
+        n = len(clips)
+        pass_number = 0
+        while True:
+            order = np.arange(n)
+            if shuffle:
+                entropy = None if seed is None else [seed, iteration_index, pass_number]
+                np.random.default_rng(entropy).shuffle(order)
+            entropy = None if seed is None else [seed, iteration_index, pass_number, 1]
+            seeds = np.random.default_rng(entropy).integers(0, 2**63 - 1, size=n)
+            pending = collections.deque()
+            tasks = iter(order.tolist())
+            exhausted = False
+            while True:
+                while not exhausted and len(pending) < 2 * pool.num_workers:
+                    try:
+                        i = next(tasks)
+                    except StopIteration:
+                        exhausted = True
+                        break
+                    future = executor.submit(_process_worker, (clips.paths[i], int(seeds[i])) + task_args)
+                    pending.append((future, i))
+                if not pending:
+                    break
+                if deterministic is False:
+                    done, _ = concurrent.futures.wait([f for f, _ in pending],
+                                                      return_when=concurrent.futures.FIRST_COMPLETED)
+                    k = next(k for k, (f, _) in enumerate(pending) if f in done)
+                    future, i = pending[k]
+                    del pending[k]
+                else:
+                    future, i = pending.popleft()
+                clip, reason = future.result()
+                path = clips.paths[i]
+                if reason is not None:
+                    from nonlocal_zoo.data.video_io import VideoDecodeError
+
+                    error = VideoDecodeError(path, reason)
+                    report.record(pass_number, path, error)
+                    if on_error == "raise":
+                        raise error
+                    continue
+                report.record(pass_number, path)
+                yield clip, np.int32(clips.labels[i])
+            if on_error == "skip" and report.all_failed():
+                raise RuntimeError(f"Every clip of the last pass failed to decode; last errors: {report.skipped[-3:]}")
+            pass_number += 1
+            if not repeat:
+                return
+
+    return generate
+
+
 def _tfds_source(source, split, data_dir):
     """Returns `(tf.data.Dataset of {"video", "label"}, num_examples or None, class_names or None)`, or None."""
     import tensorflow as tf
@@ -115,7 +234,7 @@ def _tfds_source(source, split, data_dir):
 def make_dataset(source, *, preset=None, training=False, batch_size=8, split=None, class_names=None,
                  data_dir=None, shuffle=None, shuffle_buffer=None, seed=None, deterministic=None, repeat=False,
                  num_parallel_calls=None, prefetch=True, on_error="skip", normalize=True, drop_remainder=None,
-                 decode_options=None, report=None, extensions=VIDEO_EXTENSIONS, **overrides):
+                 decode_options=None, report=None, extensions=VIDEO_EXTENSIONS, parallelism="threads", **overrides):
     """A batched `tf.data.Dataset` of `(clips, labels)` prepared as the preset prescribes.
 
     Training elements are augmented clips (`train_clip`: temporal jitter, scale jitter, random crop and flip);
@@ -137,7 +256,10 @@ def make_dataset(source, *, preset=None, training=False, batch_size=8, split=Non
         seed: seed for the order and the augmentations; with `deterministic=True` every run gives the same batches.
         deterministic: keep the element order despite parallel decoding (None: tf.data's default, True).
         repeat: repeat forever (a pass still reports its skipped clips).
-        num_parallel_calls: parallel decoding calls (None: `tf.data.AUTOTUNE`).
+        num_parallel_calls: parallel decoding calls (None: `tf.data.AUTOTUNE`; with processes, the CPU count).
+        parallelism: `"threads"` (default: `tf.numpy_function` calls in tf.data's thread pool; OpenCV and numpy
+            release the GIL for most of the work) or `"processes"` (file sources only: a pool of spawned worker
+            processes, for many-core machines where the Python share of the work limits threads).
         prefetch: prefetch batches (`tf.data.AUTOTUNE`).
         on_error: `"skip"` drops clips that fail to decode (and reports them at the end of the pass) or `"raise"`.
         normalize: normalised float32 clips (default) or raw pixels.
@@ -162,6 +284,8 @@ def make_dataset(source, *, preset=None, training=False, batch_size=8, split=Non
         raise ValueError(f"`on_error` must be one of {ON_ERROR}. Received: on_error={on_error!r}")
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
         raise ValueError(f"`batch_size` must be a positive int or None. Received: batch_size={batch_size!r}")
+    if parallelism not in ("threads", "processes"):
+        raise ValueError(f"`parallelism` must be 'threads' or 'processes'. Received: parallelism={parallelism!r}")
     config = preprocessing.resolve_preprocessing(preset, **overrides)
     shuffle = training if shuffle is None else shuffle
     drop_remainder = training if drop_remainder is None else drop_remainder
@@ -176,13 +300,7 @@ def make_dataset(source, *, preset=None, training=False, batch_size=8, split=Non
     out_dtype = np.float32 if (normalize or raw_float) else np.uint8
 
     def prepare(video, seed_value):
-        rng = np.random.default_rng(int(seed_value) & 0x7FFFFFFFFFFFFFFF)
-        if training:
-            return preprocessing.train_clip(video, preset=config, rng=rng, normalize=normalize,
-                                            decode_options=decode_options)
-        views = preprocessing.multiview_clips(video, preset=config, num_clips=1, num_crops=1, normalize=normalize,
-                                              decode_options=decode_options)
-        return views[0]
+        return _prepare_clip(video, seed_value, config, training, normalize, decode_options)
 
     def guarded(video, name, label, seed_value, index):
         pass_index = -1 if report.num_per_pass is None else int(index) // report.num_per_pass
@@ -200,7 +318,22 @@ def make_dataset(source, *, preset=None, training=False, batch_size=8, split=Non
 
     tfds_part = _tfds_source(source, split, data_dir)
     seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
-    if tfds_part is not None:
+    if parallelism == "processes":
+        if tfds_part is not None:
+            raise ValueError("parallelism='processes' reads files; TFDS sources decode in TensorFlow. "
+                             "Received: parallelism='processes' with a TFDS source")
+        clips = resolve_clip_source(source, split=split, class_names=class_names, extensions=extensions)
+        names = clips.class_names
+        report.num_per_pass = len(clips)
+        workers = num_parallel_calls if isinstance(num_parallel_calls, int) and num_parallel_calls > 0 else None
+        pool = _shared_pool(workers or os.cpu_count() or 1)
+        generate = _process_generator(
+            clips, pool=pool, report=report, shuffle=shuffle, repeat=repeat, seed=seed, deterministic=deterministic,
+            on_error=on_error, task_args=(config, training, normalize, decode_options, out_dtype))
+        ds = tf.data.Dataset.from_generator(generate, output_signature=(
+            tf.TensorSpec((T, size, size, 3), tf.as_dtype(out_dtype)), tf.TensorSpec((), tf.int32)))
+        ds = ds.map(lambda clip, label: (clip, label, True))
+    elif tfds_part is not None:
         ds, num_examples, names = tfds_part
         report.num_per_pass = num_examples
         if shuffle:
