@@ -183,7 +183,7 @@ def _process_generator(clips, *, pool, report, shuffle, repeat, seed, determinis
                     continue
                 report.record(pass_number, path)
                 yield clip, np.int32(clips.labels[i])
-            if on_error == "skip" and report.all_failed():
+            if repeat and report.all_failed():  # repeating would spin forever without yielding anything
                 raise RuntimeError(f"Every clip of the last pass failed to decode; last errors: {report.skipped[-3:]}")
             pass_number += 1
             if not repeat:
