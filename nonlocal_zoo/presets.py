@@ -333,8 +333,8 @@ def _build_presets():
             arch,
             _weights("mmaction2_pth", f"{_MMACTION2_URL}{cfg}/{file_name}", file_name, licence="Apache-2.0",
                      source="open-mmlab/mmaction2", sha256_prefix=suffix.split("-")[1]),
-            _preprocessing(32, 2, "mmaction2", mean=_IMAGENET_MEAN, std=_IMAGENET_STD, train_short_side_range=(256, 256),
-                           test_fully_convolutional=False),
+            _preprocessing(32, 2, "mmaction2", mean=_IMAGENET_MEAN, std=_IMAGENET_STD,
+                           train_short_side_range=(256, 256), test_fully_convolutional=False),
             _metadata(f"{kind}, 32x2 clips, mmaction2 model zoo, Kinetics-400", top1, top5, licence="Apache-2.0",
                       source="open-mmlab/mmaction2"),
         )
@@ -432,6 +432,7 @@ def get_preset(name):
         close = difflib.get_close_matches(str(name), PRESETS.keys(), n=5, cutoff=0.5)
         hint = f" Did you mean one of {close}?" if close else ""
         raise ValueError(
-            f"Unknown preset.{hint} See nonlocal_zoo.list_models() for all {len(PRESETS)} names. Received: name={name!r}"
+            f"Unknown preset.{hint} See nonlocal_zoo.list_models() for all {len(PRESETS)} names. "
+            f"Received: name={name!r}"
         )
     return copy.deepcopy(PRESETS[name])

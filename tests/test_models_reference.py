@@ -18,7 +18,8 @@ from pytorchvideo.models.resnet import ResStage, create_resnet  # noqa: E402
 
 from nonlocal_zoo.models import create_model  # noqa: E402
 
-# architecture.md §1.1: conv "a" temporal kernels of I3D R50 (official obtain_arc; pytorchvideo i3d_r50 cycles the same).
+# architecture.md §1.1: conv "a" temporal kernels of I3D R50 (official obtain_arc; pytorchvideo i3d_r50 cycles
+# the same pattern).
 I3D_CONV_A = ((3, 1, 1), [(3, 1, 1), (1, 1, 1)], [(3, 1, 1), (1, 1, 1)], [(1, 1, 1), (3, 1, 1)])
 C2D_CONV_A = ((1, 1, 1), (1, 1, 1), (1, 1, 1), (1, 1, 1))
 NL5_R50 = {1: [1, 3], 2: [1, 3, 5]}  # pytorchvideo stage index (0 = res2) -> blocks followed by a non-local block
@@ -134,7 +135,8 @@ def port(model, stages, keras_model):
             if nl is not None:
                 nl = nl.block if isinstance(nl, TemporalGroups) else nl
                 layer = keras_model.get_layer(f"nonlocal_conv{s + 2}_{i}")
-                for ours, theirs in (("theta", nl.conv_theta), ("phi", nl.conv_phi), ("g", nl.conv_g), ("out", nl.conv_out)):
+                pairs = (("theta", nl.conv_theta), ("phi", nl.conv_phi), ("g", nl.conv_g), ("out", nl.conv_out))
+                for ours, theirs in pairs:
                     getattr(layer, ours).set_weights([_dense(theirs), _np(theirs.bias)])
                 if nl.norm is not None:
                     layer.bn.set_weights(_norm(nl.norm))
@@ -187,8 +189,8 @@ def test_i3d_r50_pytorchvideo_geometry_matches_pytorchvideo():
 def test_i3d_nl5_r50_gluoncv_geometry_matches_pytorchvideo():
     # gluon-cv: conv1 stride (2,2,2), pool1 1x3x3 stride (2,2,2) padded (0,1,1); NL without subsampling.
     ref, stages = reference(conv1_kernel=(5, 7, 7), conv1_stride=(2, 2, 2), pool1=(1, 3, 3), pool1_stride=(2, 2, 2),
-                            pool1_padding=(0, 1, 1), conv_a=I3D_CONV_A, nonlocal_blocks=NL5_R50, nonlocal_pool=(1, 1, 1),
-                            res5_size=(2, 2, 2))
+                            pool1_padding=(0, 1, 1), conv_a=I3D_CONV_A, nonlocal_blocks=NL5_R50,
+                            nonlocal_pool=(1, 1, 1), res5_size=(2, 2, 2))
     assert_close(*compare("i3d_nl5_r50_32x2_kinetics400_gluoncv", ref, stages, (16, 64, 64, 3)))
 
 

@@ -150,7 +150,8 @@ def test_weights_provenance(name):
         assert weights["file_name"].endswith(f"-{weights['sha256_prefix']}.pth")
     if source == "gluoncv":  # file names end with the first 8 hex digits of the full sha1
         assert re.fullmatch(r"[0-9a-f]{40}", weights["sha1"])
-        assert weights["file_name"].endswith(f"-{weights['sha1'][:8]}.pth") and weights["sha1_prefix"] == weights["sha1"][:8]
+        assert weights["file_name"].endswith(f"-{weights['sha1'][:8]}.pth")
+        assert weights["sha1_prefix"] == weights["sha1"][:8]
     if source == "official":
         kind = "nonlocal" if "_nl5_" in name else "baseline"
         init = "I3D" if re.search(r"_(32x4|128x1)_", name) else "IN"
@@ -231,7 +232,8 @@ def test_factories_reach_every_pretrained_preset():
                               "i3d_resnet50", "i3d_resnet101", "c2d_resnet50", "c2d_resnet101"}
     assert factory_preset("nl_resnet50_3d") == "i3d_nl5_r50_32x2_kinetics400"
     assert factory_preset("nl_resnet50_3d", clip="8x8", source="pyslowfast") == "i3d_nl5_r50_8x8_kinetics400_pyslowfast"
-    assert factory_preset("nl_resnet101_3d", source="gluoncv", num_nonlocal=10) == "i3d_nl10_r101_32x2_kinetics400_gluoncv"
+    assert (factory_preset("nl_resnet101_3d", source="gluoncv", num_nonlocal=10)
+            == "i3d_nl10_r101_32x2_kinetics400_gluoncv")
     assert factory_preset("c2d_resnet101") == "c2d_r101"
     with pytest.raises(ValueError, match="source='mmaction2'"):
         factory_preset("c2d_resnet50", source="mmaction2")

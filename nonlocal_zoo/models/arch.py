@@ -76,7 +76,9 @@ def normalize_arch(**arch):
         or not depths
         or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in depths)
     ):
-        raise ValueError(f"`stage_depths` must be a non-empty list of positive integers. Received: stage_depths={depths!r}")
+        raise ValueError(
+            f"`stage_depths` must be a non-empty list of positive integers. Received: stage_depths={depths!r}"
+        )
     a["stage_depths"] = depths = [int(d) for d in depths]
     num_stages = len(depths)
     a["stage_widths"] = _int_list("stage_widths", a["stage_widths"], num_stages)
@@ -98,8 +100,8 @@ def normalize_arch(**arch):
             or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 or k % 2 == 0 for k in stage)
         ):
             raise ValueError(
-                f"`temporal_kernels[{s}]` must list one odd positive kernel size per block of {stage_names(num_stages)[s]} "
-                f"({depth} blocks). Received: temporal_kernels={kernels!r}"
+                f"`temporal_kernels[{s}]` must list one odd positive kernel size per block of "
+                f"{stage_names(num_stages)[s]} ({depth} blocks). Received: temporal_kernels={kernels!r}"
             )
         checked.append([int(k) for k in stage])
     a["temporal_kernels"] = checked
@@ -107,7 +109,9 @@ def normalize_arch(**arch):
     # Stem
     a["conv1_kernel"] = _int_tuple("conv1_kernel", a["conv1_kernel"])
     if any(k % 2 == 0 for k in a["conv1_kernel"]):
-        raise ValueError(f"`conv1_kernel` sizes must be odd (symmetric padding). Received: conv1_kernel={a['conv1_kernel']}")
+        raise ValueError(
+            f"`conv1_kernel` sizes must be odd (symmetric padding). Received: conv1_kernel={a['conv1_kernel']}"
+        )
     a["conv1_strides"] = _int_tuple("conv1_strides", a["conv1_strides"])
     a["pool1_size"] = _int_tuple("pool1_size", a["pool1_size"], allow_none=True)
     if a["pool1_size"] is not None:
@@ -149,7 +153,9 @@ def normalize_arch(**arch):
     compression = a["nonlocal_compression"]
     if isinstance(compression, (list, tuple)):
         a["nonlocal_compression"] = _int_tuple("nonlocal_compression", compression)
-    elif compression is not None and (isinstance(compression, bool) or not isinstance(compression, int) or compression < 1):
+    elif compression is not None and (
+        isinstance(compression, bool) or not isinstance(compression, int) or compression < 1
+    ):
         raise ValueError(
             f"`nonlocal_compression` must be a positive int, a list of 3 positive ints or None. "
             f"Received: nonlocal_compression={compression!r}"
@@ -164,7 +170,8 @@ def normalize_arch(**arch):
             raise ValueError(f"`{key}` must be True or False. Received: {key}={a[key]!r}")
     if a["nonlocal_out_use_bias"] is not None and not isinstance(a["nonlocal_out_use_bias"], bool):
         raise ValueError(
-            f"`nonlocal_out_use_bias` must be True, False or None. Received: nonlocal_out_use_bias={a['nonlocal_out_use_bias']!r}"
+            "`nonlocal_out_use_bias` must be True, False or None. "
+            f"Received: nonlocal_out_use_bias={a['nonlocal_out_use_bias']!r}"
         )
     if a["nonlocal_normalization"] not in NORMALIZATIONS:
         raise ValueError(
@@ -184,7 +191,9 @@ def normalize_arch(**arch):
     a["nonlocal_temporal_group_sizes"] = list(groups)
     chunk = a["nonlocal_chunk_size"]
     if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
-        raise ValueError(f"`nonlocal_chunk_size` must be a positive int or None. Received: nonlocal_chunk_size={chunk!r}")
+        raise ValueError(
+            f"`nonlocal_chunk_size` must be a positive int or None. Received: nonlocal_chunk_size={chunk!r}"
+        )
     if a["normalization"] not in BACKBONE_NORMALIZATIONS:
         raise ValueError(
             f"`normalization` must be one of {BACKBONE_NORMALIZATIONS}. Received: normalization={a['normalization']!r}"
@@ -242,7 +251,9 @@ def feature_shapes(arch, input_shape):
     check("conv1", size)
     shapes["conv1"] = (*size, a["stem_width"])
     if a["pool1_size"] is not None:
-        size = [_out_size(n, a["pool1_size"][i], a["pool1_strides"][i], a["pool1_padding"][i]) for i, n in enumerate(size)]
+        size = [
+            _out_size(n, a["pool1_size"][i], a["pool1_strides"][i], a["pool1_padding"][i]) for i, n in enumerate(size)
+        ]
         check("pool1", size)
         shapes["pool1"] = (*size, a["stem_width"])
     for s, name in enumerate(stage_names(len(a["stage_depths"]))):
@@ -293,17 +304,3 @@ def validate_input_shape(arch, input_shape):
     feature_shapes(arch, input_shape)
     return tuple(input_shape)
 
-
-def min_input_size(arch):
-    """Smallest (frames, height/width) the geometry accepts, found by trying sizes (cheap arithmetic only)."""
-    frames = next(t for t in range(1, 4097) if _fits(arch, (t, None, None, 3)))
-    side = next(s for s in range(1, 4097) if _fits(arch, (None, s, s, 3)))
-    return frames, side
-
-
-def _fits(arch, shape):
-    try:
-        feature_shapes(arch, shape)
-    except ValueError:
-        return False
-    return True

@@ -226,7 +226,9 @@ def get_stage_outputs(model):
         except ValueError:
             break
     if not outputs:
-        raise ValueError(f"The model has no stage output layers named res2, res3, ... Received: model.name={model.name!r}")
+        raise ValueError(
+            f"The model has no stage output layers named res2, res3, ... Received: model.name={model.name!r}"
+        )
     return outputs
 
 

@@ -126,7 +126,9 @@ def create_model(
     if pooling not in POOLINGS:
         raise ValueError(f"`pooling` must be one of {POOLINGS}. Received: pooling={pooling!r}")
     if fully_convolutional and not include_top:
-        raise ValueError("`fully_convolutional=True` is a head option and needs include_top=True. Received: include_top=False")
+        raise ValueError(
+            "`fully_convolutional=True` is a head option and needs include_top=True. Received: include_top=False"
+        )
 
     frames = preset["preprocessing"]["num_frames"]
     default_shape = (frames, None, None, 3) if fully_convolutional else (frames, 224, 224, 3)
@@ -227,7 +229,9 @@ def factory_preset(factory, *, clip="32x2", source="official", num_nonlocal=None
     if key not in table or (not with_nl and num_nonlocal is not None):
         fields = "(clip, source, num_nonlocal)" if with_nl else "(clip, source)"
         choices = "; ".join(", ".join(repr(v) for v in k) for k in table)
-        received = f"clip={clip!r}, source={source!r}" + ("" if num_nonlocal is None else f", num_nonlocal={num_nonlocal!r}")
+        received = f"clip={clip!r}, source={source!r}"
+        if num_nonlocal is not None:
+            received += f", num_nonlocal={num_nonlocal!r}"
         raise ValueError(f"`{factory}` has no such variant. Choices {fields}: {choices}. Received: {received}")
     return table[key]
 
@@ -251,6 +255,9 @@ _FACTORY_DOC = """{summary}
     Example:
         >>> model = {factory}(weights=None, input_shape=(32, 224, 224, 3))
 """
+
+
+_NL_DOC = "\n        num_nonlocal: 5 (the released models) or 10 non-local blocks. Defaults to 5."
 
 
 def _make_factory(factory, summary):
@@ -281,14 +288,14 @@ def _make_factory(factory, summary):
     fn.__doc__ = _FACTORY_DOC.format(
         summary=summary,
         nl_arg=" and `num_nonlocal`" if with_nl else "",
-        nl_doc="\n        num_nonlocal: 5 (the released models) or 10 non-local blocks. Defaults to 5." if with_nl else "",
+        nl_doc=_NL_DOC if with_nl else "",
         table=table,
         factory=factory,
     )
     return fn
 
 
-nl_resnet50_3d = _make_factory("nl_resnet50_3d", "I3D ResNet-50 with non-local blocks (NL I3D, the paper's main model).")
+nl_resnet50_3d = _make_factory("nl_resnet50_3d", "I3D ResNet-50 with non-local blocks (the paper's NL I3D).")
 nl_resnet101_3d = _make_factory("nl_resnet101_3d", "I3D ResNet-101 with non-local blocks.")
 nl_c2d_resnet50 = _make_factory("nl_c2d_resnet50", "C2D ResNet-50 with non-local blocks.")
 nl_c2d_resnet101 = _make_factory("nl_c2d_resnet101", "C2D ResNet-101 with non-local blocks.")

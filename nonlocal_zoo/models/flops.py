@@ -11,18 +11,8 @@ Example:
 """
 import math
 
-from nonlocal_zoo.models.arch import feature_shapes, normalize_arch, stage_names
+from nonlocal_zoo.models.arch import _nonlocal_pool, feature_shapes, normalize_arch, stage_names
 from nonlocal_zoo.presets import get_preset
-
-FEATURE_DIM_KEY = "res5"
-
-
-def _nonlocal_pool(compression):
-    if compression is None:
-        return (1, 1, 1)
-    if isinstance(compression, (list, tuple)):
-        return tuple(compression)
-    return (1, compression, compression)
 
 
 def count_params(arch, *, classes=400, input_channels=3, include_top=True):
@@ -210,17 +200,20 @@ def format_info(name):
     lines = [
         info["name"],
         f"  {info['description']}",
-        f"  params           {info['params']['trainable']:,} trainable + {info['params']['non_trainable']:,} BN statistics",
+        f"  params           {info['params']['trainable']:,} trainable + "
+        f"{info['params']['non_trainable']:,} BN statistics",
         f"  MACs             {info['macs_train_view'] / 1e9:.2f} G per {pre['num_frames']}x{pre['train_crop']}x"
         f"{pre['train_crop']} clip; {info['macs_test_view'] / 1e9:.2f} G per {pre['test_crop']}x{pre['test_crop']} "
         f"test view; {info['macs_test_total'] / 1e12:.2f} T for {info['test_views']} views",
-        "  feature maps     " + ", ".join(f"{k} {'x'.join(str(d) for d in v[:3])}" for k, v in info["feature_shapes"].items()),
+        "  feature maps     "
+        + ", ".join(f"{k} {'x'.join(str(d) for d in v[:3])}" for k, v in info["feature_shapes"].items()),
         f"  non-local        {', '.join(info['nonlocal_blocks']) or 'none'}",
         f"  Kinetics-400     {acc}",
         f"  clip             {pre['num_frames']} frames every {pre['sampling_rate']}; RGB mean {pre['mean']} std "
         f"{pre['std']} (0-255); test {pre['test_num_clips']} clips x {pre['test_num_crops']} crops of "
         f"{pre['test_crop']}, {pre['test_aggregation']} averaged",
-        f"  weights          " + ("none (architecture only)" if weights is None else f"{weights['url']} ({weights['format']})"),
+        "  weights          "
+        + ("none (architecture only)" if weights is None else f"{weights['url']} ({weights['format']})"),
         f"  licence          {info['licence'] or 'n/a'}; source {info['source']}",
     ]
     return "\n".join(lines)
