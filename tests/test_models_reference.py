@@ -151,7 +151,7 @@ def compare(preset, ref_model, stages, clip_shape, **overrides):
     """Logits of the Keras preset and the reference on one random clip; returns (ours, theirs)."""
     keras_model = create_model(preset, input_shape=clip_shape, classifier_activation=None, **overrides)
     port(ref_model, stages, keras_model)
-    clip = np.random.default_rng(2).standard_normal((2, *clip_shape)).astype("float32")
+    clip = np.random.default_rng(2).standard_normal((1, *clip_shape)).astype("float32")
     with torch.no_grad():
         theirs = _np(ref_model(torch.from_numpy(clip.transpose(0, 4, 1, 2, 3))))  # NTHWC -> NCTHW
     ours = np.asarray(keras_model(clip, training=False))
