@@ -136,7 +136,7 @@ def evaluate(model, source, *, preset=None, num_clips=10, num_crops=3, batch_siz
     def run_model(chunks):
         x = np.concatenate([v for _, v in chunks])  # (B, T, S, S, 3), B <= views_per_batch
         x = transforms.normalize(x, mean=config["mean"], std=config["std"], scale=config["scale"],
-                                 channel_order="RGB")  # `_finish` already applied the channel order
+                                 channel_order=config["channel_order"])
         y = np.asarray(predict(x))
         if y.ndim != 2 or y.shape[0] != x.shape[0]:
             raise ValueError(f"The model must return (batch, num_classes) scores. Received: output shape {y.shape}")

@@ -261,3 +261,15 @@ def test_train_clip_and_views_give_exact_sizes_and_values():
     assert views.shape == (6, 4, 64, 64, 3)
     # clip 1 starts at int(40 / 2 * 1) = 20; crop 2 is at the right end (offset 2 * ((80 - 64) // 2) = 16)
     np.testing.assert_allclose(views[5], (video[20:28:2, :, 16:80].astype(np.float32) - 114.75) / 57.375, atol=1e-6)
+
+
+def test_raw_views_stay_rgb_and_normalisation_applies_the_channel_order():
+    video = np.random.default_rng(3).integers(0, 256, size=(12, 32, 40, 3), dtype=np.uint8)
+    kwargs = dict(num_clips=2, num_crops=3, num_frames=4, sampling_rate=2, test_short_side=32, test_crop=32,
+                  mean=(10.0, 20.0, 30.0), std=(2.0, 4.0, 8.0))
+    rgb_raw = multiview_clips(video, normalize=False, **kwargs)
+    bgr_raw = multiview_clips(video, normalize=False, channel_order="BGR", **kwargs)
+    np.testing.assert_array_equal(rgb_raw, bgr_raw)
+    bgr = multiview_clips(video, channel_order="BGR", **kwargs)
+    expected = (rgb_raw[..., ::-1].astype(np.float64) - np.array((10.0, 20.0, 30.0))) / np.array((2.0, 4.0, 8.0))
+    np.testing.assert_allclose(bgr, expected, atol=1e-5)

@@ -148,9 +148,7 @@ def _finish(frames, config, normalize):
     if normalize:
         return transforms.normalize(frames, mean=config["mean"], std=config["std"], scale=config["scale"],
                                     channel_order=config["channel_order"])
-    if config["channel_order"] == "BGR":
-        frames = frames[..., ::-1]
-    return np.ascontiguousarray(frames)
+    return np.ascontiguousarray(frames)  # raw pixels stay RGB; `transforms.normalize` applies the channel order
 
 
 def train_clip(video, *, preset=None, rng=None, normalize=True, decode_options=None, **overrides):
@@ -160,7 +158,8 @@ def train_clip(video, *, preset=None, rng=None, normalize=True, decode_options=N
         video: a video path, or decoded uint8 RGB frames `(F, H, W, 3)`.
         preset: None, a preset name or a dict (see the module docstring).
         rng: `np.random.Generator` or int seed. Defaults to an unseeded generator.
-        normalize: return normalised float32 (default) or the raw cropped pixels (uint8, float32 for PySlowFast).
+        normalize: return normalised float32 in the preset's channel order (default), or the raw RGB pixels
+            (uint8; float32 for PySlowFast) for `transforms.normalize` to finish later.
         decode_options: dict passed to the decoder (`backend`, `max_pixels`, `timeout`, `num_threads`,
             `max_buffer_bytes`).
         **overrides: preprocessing keys (e.g. `num_frames=32, sampling_rate=2`).
