@@ -279,25 +279,26 @@ def convert_checkpoint(src, *, model, out, format=None, source_url=None, progres
 # ----------------------------------------------------------------------------------------------------------------
 # Loading
 # ----------------------------------------------------------------------------------------------------------------
-def _load_keras_weights_file(model, path, *, preset, include_top, classes):
-    """Strictly loads a `.weights.h5` written from a whole model of `preset` into `model`."""
+def _load_keras_weights_file(model, path, *, include_top, classes):
+    """Strictly loads a `.weights.h5` saved from a whole model (backbone + `pred`) into `model`.
+
+    When the head is not to be loaded (or `model` has none), the file is read into a full-model view that shares
+    `model`'s backbone layers and has a throwaway `pred`, so that every array of the file still pairs up.
+    """
+    import keras
+
+    from nonlocal_zoo.models import add_classifier_head, get_stage_outputs
+
     record = read_provenance(path) or {}
     source_classes = record.get("classes") or KINETICS400_CLASSES
     units = _pred_units(model)
-    load_head = include_top and units is not None and units == source_classes and classes in (None, units)
-    if load_head and convert._h5_weight_count(path) == len(model.weights):
+    if include_top and units is not None and units == source_classes and classes in (None, units):
         load_keras_weights_strict(model, path)
         return
-    source_preset = preset or record.get("preset")
-    if source_preset not in PRESETS:
-        raise CheckpointMismatchError(
-            f"Weights file '{path}' holds a different set of variables than the model (e.g. a head), and without "
-            "a preset there is no model to read it into first. Pass preset=..., or load it into a model of the "
-            f"same structure. Received: preset={preset!r}"
-        )
-    source = _build(source_preset, classes=source_classes)
-    load_keras_weights_strict(source, path)
-    transfer_weights(source, model, include_top=load_head, what=f"Weights file '{path}'")
+    stages = get_stage_outputs(model)
+    last = stages[max(stages, key=lambda name: int(name[3:]))]
+    view = add_classifier_head(keras.Model(model.inputs, last), classes=source_classes, name=f"{model.name}_view")
+    load_keras_weights_strict(view, path)
 
 
 def _load_keras_model_file(model, path, *, include_top, classes):
@@ -318,8 +319,7 @@ def _load_folder(model, folder, *, preset, include_top, classes, format):
     if len(keras_files) == 1:
         return _load_keras_model_file(model, keras_files[0], include_top=include_top, classes=classes)
     if len(weights_files) == 1:
-        return _load_keras_weights_file(model, weights_files[0], preset=preset, include_top=include_top,
-                                        classes=classes)
+        return _load_keras_weights_file(model, weights_files[0], include_top=include_top, classes=classes)
     raise ValueError(
         f"Cannot tell which file of {folder} to load: expected a Keras model folder (config.json + "
         f"model.weights.h5), one .keras file or one .weights.h5 file. Found: {sorted(p.name for p in folder.iterdir())}"
@@ -333,7 +333,7 @@ def _load_path(model, path, *, preset, include_top, classes, format):
     if not path.is_file():
         raise FileNotFoundError(f"No such weights file: {path}")
     if path.name.endswith(".weights.h5"):
-        return _load_keras_weights_file(model, path, preset=preset, include_top=include_top, classes=classes)
+        return _load_keras_weights_file(model, path, include_top=include_top, classes=classes)
     if path.suffix == ".keras":
         return _load_keras_model_file(model, path, include_top=include_top, classes=classes)
     assign_checkpoint(model, path, format=format, include_top=include_top, classes=classes)
@@ -382,7 +382,7 @@ def load_weights(model, weights, *, preset=None, include_top=True, classes=None,
                 f"Received: preset=None, model.name={model.name!r}"
             )
         path = converted_weights(preset, progress=progress)
-        return _load_keras_weights_file(model, path, preset=preset, include_top=include_top, classes=classes)
+        return _load_keras_weights_file(model, path, include_top=include_top, classes=classes)
     if weights.startswith("hf://"):
         from nonlocal_zoo.pretrained.hub import resolve_hf
 
