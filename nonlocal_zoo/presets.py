@@ -11,7 +11,8 @@ Each entry of `PRESETS` is a plain, JSON-able dict with four keys:
 - `"preprocessing"`: `num_frames`, `sampling_rate`, `mean` and `std` (per RGB channel, in the units of pixel values
   in `[0, scale]`, i.e. `x_normalized = (x - mean) / std` on 0-255 frames when `scale` is 255), `channel_order`,
   `train_crop`, `train_short_side_range`, `test_short_side`, `test_crop`, `test_num_clips`, `test_num_crops`,
-  `sampling` (whose temporal sampling code defines the clips), `test_aggregation` (average `"softmax"`
+  `sampling` (whose temporal sampling code defines the clips), `decode_size` (`[height, width]` every frame is
+  first resized to, aspect ratio ignored, or `None`), `test_aggregation` (average `"softmax"`
   probabilities or raw `"logits"` over views) and `test_fully_convolutional` (the official per-location softmax head
   on the test crop, see `nonlocal_zoo.models.create_model(fully_convolutional=True)`).
 - `"metadata"`: `description`, Kinetics-400 `top1`/`top5` as published (30-view testing; `None` when not
@@ -160,7 +161,8 @@ _IMAGENET_MEAN, _IMAGENET_STD = [123.675, 116.28, 103.53], [58.395, 57.12, 57.37
 
 
 def _preprocessing(num_frames, sampling_rate, sampling, *, mean=_OFFICIAL_MEAN, std=_OFFICIAL_STD,
-                   train_short_side_range=(256, 320), test_aggregation="softmax", test_fully_convolutional=True):
+                   train_short_side_range=(256, 320), test_aggregation="softmax", test_fully_convolutional=True,
+                   decode_size=None):
     return {
         "num_frames": num_frames,
         "sampling_rate": sampling_rate,
@@ -175,6 +177,7 @@ def _preprocessing(num_frames, sampling_rate, sampling, *, mean=_OFFICIAL_MEAN, 
         "test_num_clips": 10,
         "test_num_crops": 3,
         "sampling": sampling,
+        "decode_size": None if decode_size is None else list(decode_size),
         "test_aggregation": test_aggregation,
         "test_fully_convolutional": test_fully_convolutional,
     }
@@ -367,8 +370,9 @@ def _build_presets():
             make_arch(depth=depth, temporal="i3d", geometry="gluoncv", nonlocal_placement=nl, flavour="gluoncv"),
             _weights("gluoncv_pth", _GLUONCV_URL + file_name, file_name, licence="Apache-2.0",
                      source="dmlc/gluon-cv", sha1=sha1, sha1_prefix=sha1[:8]),
+            # decord decodes every frame to 340x256 (W x H, aspect ignored); 3 crops of 256 along the 340 side.
             _preprocessing(32, 2, "gluoncv", mean=_IMAGENET_MEAN, std=_IMAGENET_STD, train_short_side_range=(256, 320),
-                           test_aggregation="logits", test_fully_convolutional=False),
+                           test_aggregation="logits", test_fully_convolutional=False, decode_size=(256, 340)),
             _metadata(f"I3D + {blocks} non-local blocks ResNet-{depth} (no NL subsampling), 32x2 clips, gluon-cv "
                       "PyTorch model zoo, Kinetics-400", top1, None, licence="Apache-2.0", source="dmlc/gluon-cv"),
         )
