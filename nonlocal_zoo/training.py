@@ -243,7 +243,7 @@ def _validate(cfg):
                          f"Received: mixed_precision={mp!r}")
     if cfg["strategy"] is None:
         cfg["strategy"] = "none"
-    if cfg["strategy"] not in STRATEGIES:
+    if cfg["strategy"] not in STRATEGIES + ("custom",):  # "custom": a strategy object given to `finetune`
         raise ValueError(f"`strategy` must be one of {STRATEGIES}. Received: strategy={cfg['strategy']!r}")
     if cfg["backup_freq"] != "epoch":
         cfg["backup_freq"] = _check_positive("backup_freq", cfg["backup_freq"])
@@ -554,12 +554,19 @@ def worker_info(strategy="none"):
     return task_type, task_id, max(num_workers, 1), is_chief
 
 
+_STRATEGIES = {}
+
+
 def get_strategy(name="none"):
     """A `tf.distribute` strategy by name: `"none"` (default strategy), `"mirrored"`, `"multiworker"`.
 
     `"mirrored"` uses every GPU of this machine, or, without GPUs, every logical CPU device when there are several
     (e.g. made with `tf.config.set_logical_device_configuration`). `"multiworker"` reads the cluster from
-    `TF_CONFIG`; it must be created before TensorFlow runs anything else in the process.
+    `TF_CONFIG`; it must be created before TensorFlow runs anything else in the process. A strategy object passed
+    in is returned as it is.
+
+    Strategies are created once per process and reused: TensorFlow's collective ops key their instances per
+    strategy object, and two strategies over the same devices in one process can collide.
 
     Example:
         >>> strategy = get_strategy("mirrored")
@@ -568,16 +575,22 @@ def get_strategy(name="none"):
     """
     import tensorflow as tf
 
+    if isinstance(name, tf.distribute.Strategy):
+        return name
     if name == "none":
         return tf.distribute.get_strategy()
-    if name == "mirrored":
-        if tf.config.list_logical_devices("GPU"):
-            return tf.distribute.MirroredStrategy()
-        cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
-        return tf.distribute.MirroredStrategy(devices=cpus if len(cpus) > 1 else None)
-    if name == "multiworker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    raise ValueError(f"`strategy` must be one of {STRATEGIES}. Received: strategy={name!r}")
+    if name not in STRATEGIES:
+        raise ValueError(f"`strategy` must be one of {STRATEGIES} or a tf.distribute.Strategy. Received: strategy={name!r}")
+    if name not in _STRATEGIES:
+        if name == "mirrored":
+            if tf.config.list_logical_devices("GPU"):
+                _STRATEGIES[name] = tf.distribute.MirroredStrategy()
+            else:
+                cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
+                _STRATEGIES[name] = tf.distribute.MirroredStrategy(devices=cpus if len(cpus) > 1 else None)
+        else:
+            _STRATEGIES[name] = tf.distribute.MultiWorkerMirroredStrategy()
+    return _STRATEGIES[name]
 
 
 def _patch_for_multiworker(model, strategy, example_batch):
@@ -785,7 +798,8 @@ def finetune(data=None, *, config=None, output_dir=None, resume=False, overwrite
             summary lines this function prints.
         **options: any key of `DEFAULTS`: `model`, `weights`, `val_data`, `epochs`, `batch_size` (per replica),
             `lr` (for a global batch of `lr_base_batch_size`, scaled linearly), `schedule`, `warmup_epochs`,
-            `freeze_stages`, `mixed_precision`, `strategy`, `sync_bn`, `num_frames`, `crop`, `arch`, ...
+            `freeze_stages`, `mixed_precision`, `strategy` (a name, or a `tf.distribute.Strategy` object),
+            `sync_bn`, `num_frames`, `crop`, `arch`, ...
 
     Returns:
         A `FinetuneResult`.
@@ -799,6 +813,17 @@ def finetune(data=None, *, config=None, output_dir=None, resume=False, overwrite
         ...                   output_dir="runs/mine")
         >>> result.history["accuracy"][-1]
     """
+    strategy_object = None
+    if options.get("strategy") is not None and not isinstance(options["strategy"], str):
+        import tensorflow as tf
+
+        strategy_object = options["strategy"]
+        if isinstance(strategy_object, tf.distribute.MultiWorkerMirroredStrategy):
+            options["strategy"] = "multiworker"
+        elif isinstance(strategy_object, tf.distribute.MirroredStrategy):
+            options["strategy"] = "mirrored"
+        else:
+            options["strategy"] = "custom"
     explicit = dict(options, data=data, output_dir=output_dir)
     file_cfg = load_config(config)
     first = resolve_config(file_cfg, **explicit)
@@ -861,7 +886,7 @@ def finetune(data=None, *, config=None, output_dir=None, resume=False, overwrite
     import keras
     import tensorflow as tf
 
-    strategy = get_strategy(cfg["strategy"])
+    strategy = get_strategy(strategy_object or cfg["strategy"])
     if cfg["seed"] is not None:
         keras.utils.set_random_seed(cfg["seed"])
     previous_policy = keras.config.dtype_policy()
@@ -985,7 +1010,8 @@ def _run(cfg, *, strategy, paths, is_chief, task_id, num_workers, restored_epoch
         example = (tf.zeros((1, frames, train_crop, train_crop, 3)), tf.zeros((1,), tf.int32))
         _patch_for_multiworker(model, strategy, example)
 
-    strategy_name = "none" if cfg["strategy"] == "none" else type(strategy).__name__
+    strategy_name = {"none": "none", "mirrored": "MirroredStrategy",
+                     "multiworker": "MultiWorkerMirroredStrategy"}.get(cfg["strategy"], type(strategy).__name__)
 
     # ---- files ----
     os.makedirs(paths.checkpoints, exist_ok=True)
@@ -1058,6 +1084,10 @@ def _run(cfg, *, strategy, paths, is_chief, task_id, num_workers, restored_epoch
                   f"logs: {paths.logs}; class map: {paths.class_names}")
     if not is_chief:
         shutil.rmtree(paths.output_dir, ignore_errors=True)
+        try:
+            os.rmdir(os.path.dirname(paths.output_dir))  # workers/, once the last worker has left it
+        except OSError:
+            pass
     initial_epoch = restored_epoch or 0
     history = _history_from_log(rows) if rows else dict(fit.history)
     root = cfg["output_dir"]
@@ -1176,4 +1206,7 @@ def main(argv=None, *, callbacks=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # run the importable module's `main`, so that its Keras classes are registered once, under their module
+    from nonlocal_zoo.training import main as _main
+
+    sys.exit(_main())
