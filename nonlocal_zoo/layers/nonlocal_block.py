@@ -25,6 +25,7 @@ MODE_ALIASES = {
 }
 POOL_POSITIONS = ("input", "projection")
 NORMALIZATIONS = ("batch", "affine", None)
+AFFINITY_BYTES = 4  # the affinity is float32, also under mixed precision
 
 
 def _positive_int_or_none(name, value):
@@ -33,6 +34,29 @@ def _positive_int_or_none(name, value):
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"`{name}` must be a positive integer or None. Received: {name}={value!r}")
     return value
+
+
+def _is_static(*values):
+    return all(isinstance(v, int) for v in values)
+
+
+def _ceil_div(a, b):
+    """ceil(a / b) for Python ints or (dynamic) integer tensors."""
+    return (a + b - 1) // b
+
+
+def _sequential_map(fn, elems):
+    """`ops.map` that runs one step at a time, so that only one step's intermediates are alive.
+
+    On TensorFlow, `tf.map_fn` runs up to 10 iterations in parallel in graph mode, which multiplies the peak
+    memory by up to 10, and `keras.ops.map` calls `fn` once more to infer the output signature; both are avoided.
+    Every step returns float32.
+    """
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.map_fn(fn, elems, fn_output_signature=tf.float32, parallel_iterations=1)
+    return ops.map(fn, elems)
 
 
 @keras.saving.register_keras_serializable(package="nonlocal_zoo")
@@ -65,8 +89,17 @@ class NonLocalBlock(keras.layers.Layer):
             `"batch"`.
         temporal_group_size: for 3-D inputs, attend only within groups of this many consecutive frames (the
             official long-clip setting). `T` must be divisible by it. Defaults to `None` (one group).
-        chunk_size: compute the attention for at most this many query positions at a time. The result is exactly
-            the same; the `(N, M)` affinity buffer shrinks to `(chunk_size, M)`. Defaults to `None` (one chunk).
+        chunk_size: exact memory-bounded attention. An int computes the attention for at most this many query
+            positions of every clip at a time: the `(B, N, M)` float32 affinity buffer shrinks to
+            `(B, chunk_size, M)`. `"auto"` picks the steps from `memory_budget_mb`: whole clips at a time while
+            they fit, else one clip and as many query rows as fit, so the buffer stays within the budget for any
+            clip length and batch size (also when they are unknown when the model is traced). The softmax is over
+            the keys of each query, so either way the result equals the unchunked one up to float rounding. The
+            steps run one after another (`ops.map`); they cost a few percent of time when they are large.
+            Defaults to `None` (the whole affinity at once). The `"dot"` mode never forms the affinity
+            (it computes `theta (phi^T g)`), so it ignores this argument.
+        memory_budget_mb: the affinity buffer budget, in MB (10**6 bytes), for `chunk_size="auto"`. The transient
+            peak of one step is about twice the buffer (logits and softmax output). Defaults to `64`.
         kernel_initializer: initializer of the projection kernels. Defaults to `RandomNormal(stddev=0.01)`, the
             official initialisation.
         **kwargs: base `keras.layers.Layer` arguments (`name`, `dtype`, `trainable`).
@@ -98,6 +131,7 @@ class NonLocalBlock(keras.layers.Layer):
         normalization="batch",
         temporal_group_size=None,
         chunk_size=None,
+        memory_budget_mb=64,
         kernel_initializer=None,
         **kwargs,
     ):
@@ -129,7 +163,20 @@ class NonLocalBlock(keras.layers.Layer):
         self.out_use_bias = None if out_use_bias is None else bool(out_use_bias)
         self.normalization = normalization
         self.temporal_group_size = _positive_int_or_none("temporal_group_size", temporal_group_size)
-        self.chunk_size = _positive_int_or_none("chunk_size", chunk_size)
+        if not (chunk_size is None or (isinstance(chunk_size, str) and chunk_size == "auto") or (
+            isinstance(chunk_size, int) and not isinstance(chunk_size, bool) and chunk_size >= 1
+        )):
+            raise ValueError(
+                f"`chunk_size` must be a positive integer, \"auto\" or None. Received: chunk_size={chunk_size!r}"
+            )
+        self.chunk_size = chunk_size
+        if isinstance(memory_budget_mb, bool) or not isinstance(memory_budget_mb, (int, float)) or not (
+            memory_budget_mb > 0 and math.isfinite(memory_budget_mb)
+        ):
+            raise ValueError(
+                f"`memory_budget_mb` must be a positive number. Received: memory_budget_mb={memory_budget_mb!r}"
+            )
+        self.memory_budget_mb = memory_budget_mb
         if kernel_initializer is None:
             kernel_initializer = keras.initializers.RandomNormal(stddev=0.01)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
@@ -241,34 +288,81 @@ class NonLocalBlock(keras.layers.Layer):
             k_term = ops.matmul(key, kernel[self.dim :])  # (B, M, D) x (D, 1) -> (B, M, 1)
             affinity = ops.relu(q_term + ops.transpose(k_term, (0, 2, 1))) / num_keys  # (B, Q, M)
         else:
-            affinity = ops.einsum("bqd,bmd->bqm", query, key)  # (B, Q, D) x (B, M, D) -> (B, Q, M)
             if self.use_scale:
-                affinity = affinity * (1.0 / math.sqrt(key.shape[-1]))
+                # Scaling the (Q, D) queries instead of the (Q, M) logits: one less pass over the largest tensor.
+                query = query * (1.0 / math.sqrt(key.shape[-1]))
+            affinity = ops.einsum("bqd,bmd->bqm", query, key)  # (B, Q, D) x (B, M, D) -> (B, Q, M)
             affinity = ops.softmax(affinity, axis=-1)
         return ops.einsum("bqm,bmd->bqd", affinity, value)  # (B, Q, M) x (B, M, Dv) -> (B, Q, Dv)
 
+    def _steps(self, batch, num_queries, num_keys):
+        """(clips, rows): how many clips and query rows per clip one attention step takes, or None for all."""
+        if self.chunk_size is None:
+            return None, None
+        if self.chunk_size != "auto":
+            return None, self.chunk_size
+        budget = int(self.memory_budget_mb * 1e6)
+        row_bytes = AFFINITY_BYTES * num_keys  # one query's affinity row
+        if _is_static(num_queries, num_keys) and num_queries * row_bytes <= budget:
+            clips = max(1, budget // (num_queries * row_bytes))  # whole clips at a time
+            return (None if _is_static(batch) and batch <= clips else clips), None
+        # One clip at a time, as many query rows as fit. With unknown sizes this is decided at run time.
+        rows = budget // row_bytes
+        rows = max(1, rows) if _is_static(rows) else ops.maximum(rows, 1)
+        return 1, rows
+
+    def _attend_in_steps(self, query, key, value, num_keys, clips, rows):
+        """`_attend` over steps of `clips` clips x `rows` query positions: the affinity buffer is (clips, rows, M).
+
+        `None` means all clips or all rows. The steps are balanced (ceil-divided) so that padding stays small.
+        """
+        batch, n = ops.shape(query)[0], ops.shape(query)[1]
+        dim, dim_v = query.shape[-1], value.shape[-1]
+        chunks = 1 if rows is None else _ceil_div(n, rows)
+        if rows is not None:
+            rows = _ceil_div(n, chunks)
+
+        def attend_clips(q, k, v):
+            """q (c, N, D), k (c, M, D), v (c, M, Dv) -> (c, N, Dv), `rows` queries at a time."""
+            if _is_static(chunks) and chunks == 1:
+                return self._attend(q, k, v, num_keys)
+            c = ops.shape(q)[0]
+            # Pad the queries to a whole number of chunks; padded rows are computed and dropped (rows are independent).
+            q = ops.pad(q, ((0, 0), (0, chunks * rows - n), (0, 0)))
+            q = ops.reshape(q, (c, chunks, rows, dim))  # (c, N', D) -> (c, K, R, D)
+            q = ops.transpose(q, (1, 0, 2, 3))  # (c, K, R, D) -> (K, c, R, D)
+            out = _sequential_map(lambda qc: self._attend(qc, k, v, num_keys), q)  # (K, c, R, Dv)
+            out = ops.transpose(out, (1, 0, 2, 3))  # (K, c, R, Dv) -> (c, K, R, Dv)
+            out = ops.reshape(out, (c, chunks * rows, dim_v))  # (c, K, R, Dv) -> (c, N', Dv)
+            return out[:, :n]
+
+        groups = 1 if clips is None else _ceil_div(batch, clips)
+        if _is_static(groups) and groups == 1:
+            return attend_clips(query, key, value)
+        clips = _ceil_div(batch, groups)
+        padding = groups * clips - batch
+
+        def grouped(t):
+            # Pad the batch to whole groups: (B, P, E) -> (G, c, P, E).
+            t = ops.pad(t, ((0, padding), (0, 0), (0, 0)))
+            return ops.reshape(t, (groups, clips, ops.shape(t)[1], t.shape[-1]))
+
+        out = _sequential_map(lambda qkv: attend_clips(*qkv), (grouped(query), grouped(key), grouped(value)))
+        out = ops.reshape(out, (groups * clips, n, dim_v))  # (G, c, N, Dv) -> (B', N, Dv)
+        return out[:batch]
+
     def _aggregate(self, query, key, value):
-        """y = 1/C(x) sum_j f(query_i, key_j) value_j for all queries, chunked when `chunk_size` is set."""
+        """y = 1/C(x) sum_j f(query_i, key_j) value_j for all queries, in steps when `chunk_size` is set."""
         num_keys = ops.cast(ops.shape(key)[1], "float32")
         if self.mode == "dot":
             # (theta phi^T) g / M == theta (phi^T g) / M: the (N, M) affinity is never formed.
             context = ops.einsum("bmd,bme->bde", key, value)  # (B, M, D) x (B, M, Dv) -> (B, D, Dv)
             return ops.einsum("bnd,bde->bne", query, context) / num_keys  # (B, N, D) x (B, D, Dv) -> (B, N, Dv)
-        num_queries = query.shape[1]
-        chunk = self.chunk_size
-        if chunk is None or (num_queries is not None and num_queries <= chunk):
+        static = lambda i, t: t.shape[i] if t.shape[i] is not None else ops.shape(t)[i]  # noqa: E731
+        clips, rows = self._steps(static(0, query), static(1, query), static(1, key))
+        if clips is None and (rows is None or (_is_static(rows, query.shape[1]) and query.shape[1] <= rows)):
             return self._attend(query, key, value, num_keys)
-        batch, dim = ops.shape(query)[0], query.shape[-1]
-        n = ops.shape(query)[1]
-        num_chunks = (n + chunk - 1) // chunk
-        # Pad the queries to a whole number of chunks; padded rows are computed and dropped (rows are independent).
-        query = ops.pad(query, ((0, 0), (0, num_chunks * chunk - n), (0, 0)))
-        query = ops.reshape(query, (batch, num_chunks, chunk, dim))  # (B, N', D) -> (B, K, Q, D)
-        query = ops.transpose(query, (1, 0, 2, 3))  # (B, K, Q, D) -> (K, B, Q, D)
-        out = ops.map(lambda q: self._attend(q, key, value, num_keys), query)  # (K, B, Q, Dv)
-        out = ops.transpose(out, (1, 0, 2, 3))  # (K, B, Q, Dv) -> (B, K, Q, Dv)
-        out = ops.reshape(out, (batch, num_chunks * chunk, value.shape[-1]))  # (B, K, Q, Dv) -> (B, N', Dv)
-        return out[:, :n]
+        return self._attend_in_steps(query, key, value, num_keys, clips, rows)
 
     def call(self, inputs, training=None):
         x = inputs
@@ -307,6 +401,40 @@ class NonLocalBlock(keras.layers.Layer):
         z = ops.cast(z, self.compute_dtype)
         return inputs + z if self.add_residual else z
 
+    def affinity_buffer_bytes(self, input_shape):
+        """Bytes of the largest float32 affinity buffer that one call allocates for `input_shape` (0 in "dot" mode).
+
+        The buffer is `(clips, rows, M)`: with `chunk_size=None` all clips and all `N` query positions, with an int
+        `chunk_size` all clips and `chunk_size` rows, with `"auto"` at most `memory_budget_mb`. One step's transient
+        peak is about twice this (the logits and the softmax output).
+
+        Args:
+            input_shape: the static input shape, batch included, e.g. `(1, 32, 28, 28, 512)`.
+
+        Example:
+            >>> NonLocalBlock(chunk_size="auto").affinity_buffer_bytes((1, 32, 28, 28, 512)) <= 64e6
+            True
+            >>> NonLocalBlock().affinity_buffer_bytes((1, 32, 28, 28, 512))  # 25088 queries x 6272 keys
+            629407744
+        """
+        input_shape = tuple(input_shape)
+        if len(input_shape) not in (3, 4, 5) or any(not isinstance(d, int) for d in input_shape[:-1]):
+            raise ValueError(
+                "`affinity_buffer_bytes` needs a static input shape of rank 3, 4 or 5. "
+                f"Received: input_shape={input_shape}"
+            )
+        if self.mode == "dot":
+            return 0
+        batch, sizes = input_shape[0], list(input_shape[1:-1])
+        if self.temporal_group_size is not None and len(sizes) == 3:
+            batch, sizes[0] = batch * (sizes[0] // self.temporal_group_size), self.temporal_group_size
+        pool = self._pool_size(len(input_shape)) or (1,) * len(sizes)
+        n, m = math.prod(sizes), math.prod(s // p for s, p in zip(sizes, pool))
+        clips, rows = self._steps(batch, n, m)
+        clips = batch if clips is None else _ceil_div(batch, _ceil_div(batch, clips))
+        rows = n if rows is None or rows >= n else _ceil_div(n, _ceil_div(n, rows))
+        return AFFINITY_BYTES * clips * rows * m
+
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)
 
@@ -325,6 +453,7 @@ class NonLocalBlock(keras.layers.Layer):
                 "normalization": self.normalization,
                 "temporal_group_size": self.temporal_group_size,
                 "chunk_size": self.chunk_size,
+                "memory_budget_mb": self.memory_budget_mb,
                 "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
             }
         )
