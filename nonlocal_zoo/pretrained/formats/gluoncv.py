@@ -97,24 +97,21 @@ def map_names(keys):
         `{key: canonical name or None}`; keys that are not part of an `I3D_ResNetV1` are left out (unexpected).
 
     Example:
-        >>> map_names(["res_layers.1.1.nonlocal_block.W.weight", "res_layers.1.1.nonlocal_block.W_bn.0.weight"])
-        {'res_layers.1.1.nonlocal_block.W.weight': 'nonlocal_conv3_1_out_w', 'res_layers.1.1.nonlocal_block.W_bn.0.weight': None}
+        >>> map_names(["fc.weight", "head.1.weight", "head.1.bias"])  # head.1.bias stands in for the absent fc.bias
+        {'fc.weight': 'pred_w', 'head.1.weight': None, 'head.1.bias': 'pred_b'}
     """
     names = {key: _strip(key) for key in keys}
     present = set(names.values())
-    resolved = {}  # key -> the gluon-cv name to map (an alias stands in for a missing original)
-    mapping = {}
+    source = {}  # key -> the gluon-cv name it is mapped as (None: a duplicate of a tensor that is in the file)
     for key, name in names.items():
         original = _original(name)
-        if original is None:
-            resolved[key] = name
-        elif original in present:
-            mapping[key] = None  # duplicate of a tensor that is in the file
-        else:
-            resolved[key] = original
-    primary = _map_primary(list(set(resolved.values())))
-    for key, name in resolved.items():
-        if name in primary:
+        source[key] = name if original is None else (None if original in present else original)
+    primary = _map_primary([name for name in source.values() if name is not None])
+    mapping = {}
+    for key, name in source.items():
+        if name is None:
+            mapping[key] = None
+        elif name in primary:
             mapping[key] = primary[name]
     return mapping
 
