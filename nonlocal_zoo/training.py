@@ -210,7 +210,8 @@ def _validate(cfg):
     if cfg["schedule"] not in SCHEDULES:
         raise ValueError(f"`schedule` must be one of {SCHEDULES}. Received: schedule={cfg['schedule']!r}")
     steps, factors = cfg["lr_steps"], cfg["lr_factors"]
-    if (not isinstance(steps, (list, tuple)) or any(isinstance(s, bool) or not isinstance(s, (int, float)) for s in steps)
+    if (not isinstance(steps, (list, tuple))
+            or any(isinstance(s, bool) or not isinstance(s, (int, float)) for s in steps)
             or list(steps) != sorted(steps) or any(not 0 < s < 1 for s in steps)):
         raise ValueError(f"`lr_steps` must be increasing fractions of the run in (0, 1). Received: lr_steps={steps!r}")
     if (not isinstance(factors, (list, tuple)) or len(factors) != len(steps) + 1
@@ -248,7 +249,8 @@ def _validate(cfg):
     if cfg["backup_freq"] != "epoch":
         cfg["backup_freq"] = _check_positive("backup_freq", cfg["backup_freq"])
     if cfg["monitor"] is not None and not isinstance(cfg["monitor"], str):
-        raise ValueError(f"`monitor` must be a metric name such as 'val_accuracy'. Received: monitor={cfg['monitor']!r}")
+        raise ValueError(f"`monitor` must be a metric name such as 'val_accuracy'. "
+                         f"Received: monitor={cfg['monitor']!r}")
     if cfg["seed"] is not None and (isinstance(cfg["seed"], bool) or not isinstance(cfg["seed"], int)):
         raise ValueError(f"`seed` must be an integer or None. Received: seed={cfg['seed']!r}")
     if cfg["on_error"] not in ("skip", "raise"):
@@ -580,7 +582,8 @@ def get_strategy(name="none"):
     if name == "none":
         return tf.distribute.get_strategy()
     if name not in STRATEGIES:
-        raise ValueError(f"`strategy` must be one of {STRATEGIES} or a tf.distribute.Strategy. Received: strategy={name!r}")
+        raise ValueError(f"`strategy` must be one of {STRATEGIES} or a tf.distribute.Strategy. "
+                         f"Received: strategy={name!r}")
     if name not in _STRATEGIES:
         if name == "mirrored":
             if tf.config.list_logical_devices("GPU"):
@@ -846,7 +849,8 @@ def finetune(data=None, *, config=None, output_dir=None, resume=False, overwrite
         cfg = first
     cfg["output_dir"] = root
     if cfg["data"] is None:
-        raise ValueError("No training data: pass a folder of clips, a CSV/list file or 'tfds:<name>'. Received: data=None")
+        raise ValueError("No training data: pass a folder of clips, a CSV/list file or 'tfds:<name>'. "
+                         "Received: data=None")
 
     existing = paths.existing_run_files()
     if existing and not resume:
@@ -895,8 +899,8 @@ def finetune(data=None, *, config=None, output_dir=None, resume=False, overwrite
         if policy is not None:
             keras.config.set_dtype_policy(policy)
         return _run(cfg, strategy=strategy, paths=paths, is_chief=is_chief, task_id=task_id, num_workers=num_workers,
-                    restored_epoch=restored_epoch, from_last=from_last, policy=policy, callbacks=callbacks, verbose=verbose,
-                    keras=keras, tf=tf)
+                    restored_epoch=restored_epoch, from_last=from_last, policy=policy, callbacks=callbacks,
+                    verbose=verbose, keras=keras, tf=tf)
     finally:
         keras.config.set_dtype_policy(previous_policy)
 
@@ -951,7 +955,8 @@ def _run(cfg, *, strategy, paths, is_chief, task_id, num_workers, restored_epoch
             class_names = train_ds.class_names
             num_examples = train_ds.decode_report.num_per_pass
             if class_names is None:
-                raise ValueError(f"The training data {cfg['data']!r} has no class names (a ClassLabel 'label' feature).")
+                raise ValueError(f"The training data has no class names (needs a ClassLabel 'label' feature). "
+                                 f"Received: data={cfg['data']!r}")
         if multiworker:
             options = tf.data.Options()
             options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
@@ -1004,7 +1009,7 @@ def _run(cfg, *, strategy, paths, is_chief, task_id, num_workers, restored_epoch
             weight_decay=cfg["weight_decay"], no_decay_paths=no_decay)
         model.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(), metrics=["accuracy"])
         if from_last:
-            optimizer.build(model.trainable_variables)
+            model.optimizer.build(model.trainable_variables)  # (a LossScaleOptimizer under mixed_float16)
             model.load_weights(paths.last)  # weights and optimizer state (iterations, momentum)
     if multiworker:
         example = (tf.zeros((1, frames, train_crop, train_crop, 3)), tf.zeros((1,), tf.int32))
@@ -1123,7 +1128,8 @@ def add_finetune_arguments(parser):
     p.add_argument("data", nargs="?", default=None,
                    help="training clips: folder root/<class>/<clip>, CSV/list file, or tfds:<name> (default when "
                         "resuming: the saved one)")
-    p.add_argument("--model", metavar="PRESET", default=None, help=f"preset to start from (default {DEFAULTS['model']})")
+    p.add_argument("--model", metavar="PRESET", default=None,
+                   help=f"preset to start from (default {DEFAULTS['model']})")
     p.add_argument("--config", metavar="YAML", default=None, help="recipe: YAML file or a name in configs/")
     p.add_argument("--weights", default=None,
                    help="'kinetics400' (default), a weights file, an hf:// handle, or 'none' (random init)")

@@ -68,7 +68,9 @@ def _free_ports(n):
 
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory):
-    return write_colour_clips(tmp_path_factory.mktemp("dist") / "train", 4, seed=0)
+    """Training clips (12) and validation clips (6, passed with --val)."""
+    root = tmp_path_factory.mktemp("dist")
+    return write_colour_clips(root / "train", 4, seed=0), write_colour_clips(root / "val", 2, seed=1)
 
 
 @pytest.fixture(scope="module")
@@ -76,8 +78,9 @@ def mirrored_run(tmp_path_factory, clips):
     tmp = tmp_path_factory.mktemp("mirrored")
     script, report, out = tmp / "mirrored.py", tmp / "report.json", tmp / "run"
     script.write_text(MIRRORED_SCRIPT)
-    done = subprocess.run([sys.executable, str(script), str(report), clips, "--strategy", "mirrored", "--output",
-                           str(out), *RUN_ARGS], env=subprocess_env(), capture_output=True, text=True, timeout=600)
+    done = subprocess.run([sys.executable, str(script), str(report), clips[0], "--val", clips[1], "--strategy",
+                           "mirrored", "--output", str(out), *RUN_ARGS], env=subprocess_env(), capture_output=True,
+                          text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     with open(report) as f:
         return {"out": out, "stdout": done.stdout, "report": json.load(f)}
@@ -90,12 +93,13 @@ def multiworker_run(tmp_path_factory, clips):
     ports = _free_ports(2)
     procs, logs = [], []
     for index in range(2):
-        tf_config = {"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]}, "task": {"type": "worker", "index": index}}
+        tf_config = {"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
+                     "task": {"type": "worker", "index": index}}
         env = dict(subprocess_env(), TF_CONFIG=json.dumps(tf_config))
         logs.append(open(tmp / f"worker{index}.log", "w+"))
-        procs.append(subprocess.Popen([sys.executable, "-m", "nonlocal_zoo.training", clips, "--strategy", "multiworker",
-                                       "--output", str(out), *RUN_ARGS], env=env, stdout=logs[-1],
-                                      stderr=subprocess.STDOUT, text=True))
+        command = [sys.executable, "-m", "nonlocal_zoo.training", clips[0], "--val", clips[1], "--strategy",
+                   "multiworker", "--output", str(out), *RUN_ARGS]
+        procs.append(subprocess.Popen(command, env=env, stdout=logs[-1], stderr=subprocess.STDOUT, text=True))
     try:
         codes = [p.wait(timeout=600) for p in procs]
     finally:
@@ -125,8 +129,8 @@ def _checkpoint_kind(out):
         model = training.load_checkpoint(out / "checkpoints" / name)
         bn = [layer.get_config()["synchronized"] for layer in model.layers if type(layer).__name__ ==
               "BatchNormalization"]
-        kinds[name] = {"variables": [(v.path, tuple(v.shape)) for v in model.weights], "outputs": model.output.shape[-1],
-                       "sync_bn": bool(bn) and all(bn)}
+        kinds[name] = {"variables": [(v.path, tuple(v.shape)) for v in model.weights],
+                       "outputs": model.output.shape[-1], "sync_bn": bool(bn) and all(bn)}
     return files, kinds
 
 
@@ -144,6 +148,7 @@ def test_mirrored_two_logical_cpus(mirrored_run):
     _check_scaling(derived, num_workers=1)
     rows = training.read_log(str(out / "training_log.csv"))
     assert [r["epoch"] for r in rows] == list(range(EPOCHS)) and all(np.isfinite(r["loss"]) for r in rows)
+    assert all(0 <= r["val_accuracy"] <= 1 for r in rows) and derived["monitor"] == "val_accuracy"
     assert "replicas:     2 (MirroredStrategy" in mirrored_run["stdout"]
 
     report = mirrored_run["report"]
@@ -162,9 +167,12 @@ def test_multiworker_two_processes(multiworker_run):
     _check_scaling(derived, num_workers=2)
     rows = training.read_log(str(out / "training_log.csv"))
     assert [r["epoch"] for r in rows] == list(range(EPOCHS)) and all(np.isfinite(r["loss"]) for r in rows)
-    # both workers log the same metrics: means over all replicas of all workers
-    losses = [re.findall(r" loss: ([0-9.e+-]+)", o) for o in multiworker_run["outputs"]]
-    assert len(losses[0]) == EPOCHS and losses[0] == losses[1]
+    assert all(0 <= r["val_accuracy"] <= 1 for r in rows)
+    # both workers log the same metrics: means over all replicas of all workers (validation: each worker evaluates
+    # its shard of the 6 clips)
+    for metric in ("loss", "val_loss", "val_accuracy"):
+        values = [re.findall(rf" {metric}: ([0-9.e+-]+)", o) for o in multiworker_run["outputs"]]
+        assert len(values[0]) == EPOCHS and values[0] == values[1], metric
     assert not (out / "workers").exists()  # the second worker's temporary files are gone
 
 
@@ -174,5 +182,8 @@ def test_both_modes_write_the_same_kind_of_checkpoints(mirrored_run, multiworker
     assert files_m == files_w
     assert {"checkpoints/best.keras", "checkpoints/last.keras", "class_names.txt", "run_config.yaml",
             "training_log.csv"} <= set(files_m)
+    for run in (mirrored_run, multiworker_run):
+        logs = run["out"] / "logs"
+        assert os.listdir(logs / "train") and os.listdir(logs / "validation")
     assert kinds_m == kinds_w
     assert kinds_m["last.keras"]["outputs"] == 3 and kinds_m["last.keras"]["sync_bn"]

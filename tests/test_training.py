@@ -213,7 +213,8 @@ def test_frozen_stages_keep_weights_and_bn_statistics():
     assert frozen_paths and not (changed & frozen_paths)
     assert "nonlocal_conv3_0/bn/moving_mean" in frozen_paths
     # (res4 branch2a gets no gradient yet: the branch2c BN gammas start at zero, as in the official init)
-    assert {"res4_0_branch2a_bn/moving_mean", "res4_0_branch1/kernel", "res4_0_branch2c_bn/gamma", "pred/kernel"} <= changed
+    assert {"res4_0_branch2a_bn/moving_mean", "res4_0_branch1/kernel", "res4_0_branch2c_bn/gamma",
+            "pred/kernel"} <= changed
 
 
 def test_sync_batchnorm_conversion_keeps_weights():
