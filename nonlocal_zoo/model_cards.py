@@ -28,16 +28,17 @@ PARITY_TESTS = {
         "reference": "pytorchvideo create_resnet + NonLocal (PySlowFast geometry), written as a Caffe2-format .pkl",
     },
     "pytorchvideo_pyth": {
-        "test": "tests/test_convert_torch.py::test_pytorchvideo_pyth",
-        "reference": "pytorchvideo create_resnet, saved as a .pyth checkpoint",
+        "test": "tests/test_convert_torch.py::test_pyslowfast_and_pytorchvideo_state_dicts",
+        "reference": "pytorchvideo's own create_resnet, saved with its native state_dict as a .pyth checkpoint",
     },
     "mmaction2_pth": {
-        "test": "tests/test_convert_torch.py::test_mmaction2_pth",
-        "reference": "mmaction2 Recognizer3D(ResNet3d + mmcv NonLocal3d, I3DHead) transcribed to PyTorch",
+        "test": "tests/test_convert_torch.py::test_mmaction2_state_dict",
+        "reference": "a module-for-module PyTorch transcription of mmaction2's Recognizer3D(ResNet3d) with mmcv's "
+                     "NonLocal3d, whose state_dict has mmaction2's names",
     },
     "gluoncv_pth": {
-        "test": "tests/test_convert_torch.py::test_gluoncv_pth",
-        "reference": "gluon-cv I3D-NL ResNet transcribed to PyTorch",
+        "test": "tests/test_gluoncv.py::test_converted_checkpoint_matches_reference",
+        "reference": "a PyTorch transcription of gluon-cv's I3D_ResNetV1 / NonLocal with gluon-cv's module names",
     },
 }
 ARCHITECTURE_PARITY_TEST = {
