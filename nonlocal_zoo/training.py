@@ -763,8 +763,13 @@ def _mixed_policy(setting):
 
     if setting is False or setting == "float32":
         return None
+    has_gpu = bool(tf.config.list_logical_devices("GPU"))
     if setting is True or setting == "auto":
-        return "mixed_float16" if tf.config.list_logical_devices("GPU") else "mixed_bfloat16"
+        return "mixed_float16" if has_gpu else "mixed_bfloat16"
+    if setting == "mixed_float16" and not has_gpu:
+        raise ValueError("mixed_float16 needs a GPU: TensorFlow has no float16 CPU kernels for some layers of these "
+                         "networks (MaxPool3D). Use mixed_bfloat16 (or mixed_precision=True, which picks it on CPU). "
+                         "Received: mixed_precision='mixed_float16'")
     return setting
 
 
