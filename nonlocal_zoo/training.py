@@ -1141,7 +1141,8 @@ def add_finetune_arguments(parser):
     p.add_argument("--val", dest="val_data", metavar="DATA", default=None, help="validation clips")
     p.add_argument("--split", default=None, help="split folder of DATA (root/<split>/<class>/<clip>)")
     p.add_argument("--val-split", default=None, help="split folder of the validation data (e.g. val)")
-    p.add_argument("--output", dest="output_dir", metavar="DIR", default=None, help="run folder (default runs/<model>)")
+    p.add_argument("--output", "--output-dir", dest="output_dir", metavar="DIR", default=None,
+                   help="run folder (default runs/<model>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --output from its last finished epoch")
     p.add_argument("--overwrite", action="store_true", help="delete the run in --output and start over")
     p.add_argument("--epochs", type=int, default=None)
