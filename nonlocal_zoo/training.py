@@ -74,7 +74,7 @@ DEFAULTS = {
     "warmup_epochs": 0.0,          # linear warmup length (fractional epochs allowed)
     "warmup_start_factor": 0.1,    # warmup starts at this multiple of the LR
     "momentum": 0.9,
-    "nesterov": False,
+    "nesterov": True,  # official SOLVER.NESTEROV: True
     "weight_decay": 1e-4,          # L2, added to the gradient (Caffe2/PyTorch style)
     "weight_decay_bn": 0.0,        # on BatchNorm/Affine scales and offsets (0 or equal to weight_decay)
     "freeze_stages": None,         # None, or the last frozen part: "conv1", "res2", "res3", "res4", "res5"
