@@ -57,9 +57,9 @@ OFFICIAL_CASES = {
 def test_official_caffe2_pkl(case, tmp_path):
     preset, args, (t, h, w) = OFFICIAL_CASES[case]
     cfg = official_config(stem_width=WIDTH, depths=DEPTHS, widths=[WIDTH * 2**s for s in range(4)], **args)
-    blobs = official_blobs(cfg, seed=1, calibration=random_clips((2, 3, t, h, w), seed=9))
-    path = save_caffe2_pickle(tmp_path / "model.pkl", blobs, solver_state=case == "c2d_repo_geometry")
     x = random_clips((2, 3, t, h, w), seed=2)
+    blobs = official_blobs(cfg, seed=1, calibration=x)
+    path = save_caffe2_pickle(tmp_path / "model.pkl", blobs, solver_state=case == "c2d_repo_geometry")
     expected = official_forward(blobs, x, cfg).numpy()
 
     overrides = tiny_overrides(depths=DEPTHS, stem_width=WIDTH, temporal_kernels=cfg["temporal_kernels"],
@@ -84,10 +84,9 @@ PYSLOWFAST_CASES = {
 def test_pyslowfast_caffe2_pkl(case, tmp_path):
     preset, args, (t, h, w), head_pool = PYSLOWFAST_CASES[case]
     args = {"nonlocal_blocks": [[], [], [], []], **args}
-    net = ptv_resnet(depths=DEPTHS, stem_width=WIDTH, head_pool=head_pool, seed=3,
-                     calibration=random_clips((2, 3, t, h, w), seed=9), **args)
-    path = save_caffe2_pickle(tmp_path / "I3D_8x8.pkl", ptv_to_caffe2_blobs(net))
     x = random_clips((2, 3, t, h, w), seed=4)
+    net = ptv_resnet(depths=DEPTHS, stem_width=WIDTH, head_pool=head_pool, seed=3, calibration=x, **args)
+    path = save_caffe2_pickle(tmp_path / "I3D_8x8.pkl", ptv_to_caffe2_blobs(net))
     expected = torch_logits(net, x)
 
     overrides = tiny_overrides(depths=DEPTHS, stem_width=WIDTH, temporal_kernels=args["temporal_kernels"],
@@ -101,9 +100,9 @@ def test_pyslowfast_caffe2_pkl(case, tmp_path):
 def test_official_caffe2_pkl_full_r50(tmp_path):
     """Full-size I3D-NL5 R50 (paper geometry, 32x2 file layout) through `create_model(weights=path)`."""
     cfg = official_config()
-    blobs = official_blobs(cfg, seed=5, calibration=random_clips((1, 3, 16, 112, 112), seed=9))
-    path = save_caffe2_pickle(tmp_path / "i3d_nonlocal_32x2_IN_pretrain_400k.pkl", blobs, solver_state=True)
     x = random_clips((1, 3, 16, 112, 112), seed=6)
+    blobs = official_blobs(cfg, seed=5, calibration=x)
+    path = save_caffe2_pickle(tmp_path / "i3d_nonlocal_32x2_IN_pretrain_400k.pkl", blobs, solver_state=True)
     expected = official_forward(blobs, x, cfg).numpy()
     model = create_model("i3d_nl5_r50_32x2_kinetics400", weights=path, input_shape=(16, 112, 112, 3),
                          classifier_activation=None)
@@ -113,10 +112,9 @@ def test_official_caffe2_pkl_full_r50(tmp_path):
 @pytest.mark.slow
 def test_pyslowfast_caffe2_pkl_full_r50(tmp_path):
     """Full-size I3D-NL5 R50 in PySlowFast geometry (I3D_NLN_8x8_R50.pkl layout)."""
-    net = ptv_resnet(nonlocal_blocks=[[], [1, 3], [1, 3, 5], []], head_pool=(4, 4, 4), seed=7,
-                     calibration=random_clips((1, 3, 8, 112, 112), seed=9))
-    path = save_caffe2_pickle(tmp_path / "I3D_NLN_8x8_R50.pkl", ptv_to_caffe2_blobs(net))
     x = random_clips((1, 3, 8, 112, 112), seed=8)
+    net = ptv_resnet(nonlocal_blocks=[[], [1, 3], [1, 3, 5], []], head_pool=(4, 4, 4), seed=7, calibration=x)
+    path = save_caffe2_pickle(tmp_path / "I3D_NLN_8x8_R50.pkl", ptv_to_caffe2_blobs(net))
     expected = torch_logits(net, x)
     model = create_model("i3d_nl5_r50_8x8_kinetics400_pyslowfast", weights=path, input_shape=(8, 112, 112, 3),
                          classifier_activation=None)

@@ -65,12 +65,12 @@ class Upstream:
         self.cfg = official_config(stem_width=4, depths=DEPTHS, widths=[4, 8, 16, 32], conv1_kt=5, conv1_ts=1,
                                    pool1_kernel=(1, 3, 3), pool1_stride=(1, 2, 2),
                                    temporal_kernels=i3d_temporal_kernels(DEPTHS), nonlocal_blocks=NL)
-        self.blobs = official_blobs(self.cfg, seed=31, calibration=random_clips((2, 3, *SHAPE[:3]), seed=32))
+        self.x = random_clips((2, 3, *SHAPE[:3]), seed=33)
+        self.blobs = official_blobs(self.cfg, seed=31, calibration=self.x)
         buffer = io.BytesIO()
         pickle.dump({"blobs": dict(self.blobs)}, buffer, protocol=2)
         self.data = buffer.getvalue()
         self.sha256 = hashlib.sha256(self.data).hexdigest()
-        self.x = random_clips((2, 3, *SHAPE[:3]), seed=33)
         self.expected = official_forward(self.blobs, self.x, self.cfg).numpy()
         server.files[URL_PATH] = self.data
         self.server = server

@@ -62,10 +62,16 @@ def _bn_stats(generator, c, gamma=(0.6, 1.4)):
 
 
 def _perturbed_stats(y, generator):
-    """Per-channel (mean, var) of an NCTHW batch, perturbed: statistics like a real model's, but not exact."""
-    mean, var = y.mean(dim=(0, 2, 3, 4)), y.var(dim=(0, 2, 3, 4))
+    """Per-channel (mean, var) of an NCTHW batch, perturbed: statistics like a real model's, but not exact.
+
+    The variance gets a floor of 10% of the average second moment of the layer: a non-local block's output varies
+    little within one clip (it is a weighted mean over all positions), and dividing by that tiny within-clip
+    spread would amplify float32 rounding far beyond the tolerance. Trained models see the spread across clips.
+    """
+    mean, var = y.mean(dim=(0, 2, 3, 4)), y.var(dim=(0, 2, 3, 4), unbiased=False)
+    floor = 0.1 * (var + mean**2).mean()
     mean = mean + 0.2 * var.sqrt() * torch.randn(mean.shape, generator=generator)
-    var = var * torch.empty(var.shape).uniform_(0.6, 1.6, generator=generator) + 1e-3
+    var = (var + floor) * torch.empty(var.shape).uniform_(0.6, 1.6, generator=generator) + 1e-3
     return mean, var
 
 
@@ -582,7 +588,16 @@ class MMRecognizer3D(nn.Module):
         self.backbone = ResNet3d(depths=depths, base_channels=base_channels, inflate=inflate, non_local=non_local,
                                  nonlocal_mode=nonlocal_mode)
         self.cls_head = I3DHead(base_channels * 2 ** (len(depths) - 1) * 4, classes)
-        randomize_(self, seed, calibration, bn_gamma)
+        randomize_(self, seed, bn_gamma=bn_gamma)
+        with torch.no_grad():
+            # mmaction2's blocks do not scale the logits by d**-0.5: shrink theta and phi by d**-0.25 each so that
+            # the softmax is as far from saturation as in the scaled (official) flavour.
+            for m in self.modules():
+                if isinstance(m, NonLocal3d) and m.mode != "gaussian":
+                    for proj in (m.theta, m.phi[0] if isinstance(m.phi, nn.Sequential) else m.phi):
+                        proj.conv.weight.mul_(m.inter_channels**-0.25)
+        if calibration is not None:
+            calibrate_bn_(self, calibration, seed + 1)
 
     def forward(self, x):
         return self.cls_head(self.backbone(x))

@@ -413,7 +413,8 @@ def assign_checkpoint(model, checkpoint, *, format=None, include_top=True, class
 # ----------------------------------------------------------------------------------------------------------------
 # Keras files: strict loading and model-to-model transfer
 # ----------------------------------------------------------------------------------------------------------------
-def _h5_weight_count(path):
+def h5_weight_count(path):
+    """Number of arrays in a Keras `.weights.h5` file (optimizer state not counted)."""
     import h5py
 
     names = []
@@ -436,7 +437,7 @@ def load_keras_weights_strict(model, path):
     Raises:
         CheckpointMismatchError: the file does not fit the model.
     """
-    count = _h5_weight_count(path)
+    count = h5_weight_count(path)
     weights = list(model.weights)
     if count != len(weights):
         raise mismatch_error(

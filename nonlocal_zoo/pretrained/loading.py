@@ -23,13 +23,12 @@ import os
 from pathlib import Path
 
 from nonlocal_zoo.presets import PRESETS, get_preset
-from nonlocal_zoo.pretrained import convert
 from nonlocal_zoo.pretrained.convert import (
     CONVERTER_VERSION,
     HEAD_LAYER,
-    CheckpointMismatchError,
     assign_checkpoint,
     atomic_save,
+    h5_weight_count,
     load_keras_weights_strict,
     provenance_path,
     transfer_weights,
@@ -292,8 +291,9 @@ def _load_keras_weights_file(model, path, *, include_top, classes):
     record = read_provenance(path) or {}
     source_classes = record.get("classes") or KINETICS400_CLASSES
     units = _pred_units(model)
-    if include_top and units is not None and units == source_classes and classes in (None, units):
-        load_keras_weights_strict(model, path)
+    load_head = include_top and units == source_classes and classes in (None, units)
+    if (load_head or units is None) and h5_weight_count(path) == len(model.weights):
+        load_keras_weights_strict(model, path)  # same structure (a whole model, or a headless file and model)
         return
     stages = get_stage_outputs(model)
     last = stages[max(stages, key=lambda name: int(name[3:]))]
@@ -310,7 +310,7 @@ def _load_keras_model_file(model, path, *, include_top, classes):
     transfer_weights(source, model, include_top=load_head, what=f"Keras model '{path}'")
 
 
-def _load_folder(model, folder, *, preset, include_top, classes, format):
+def _load_folder(model, folder, *, include_top, classes):
     folder = Path(folder)
     weights_files = sorted(folder.glob("*.weights.h5"))
     keras_files = sorted(folder.glob("*.keras"))
@@ -326,10 +326,10 @@ def _load_folder(model, folder, *, preset, include_top, classes, format):
     )
 
 
-def _load_path(model, path, *, preset, include_top, classes, format):
+def _load_path(model, path, *, include_top, classes, format):
     path = Path(path)
     if path.is_dir():
-        return _load_folder(model, path, preset=preset, include_top=include_top, classes=classes, format=format)
+        return _load_folder(model, path, include_top=include_top, classes=classes)
     if not path.is_file():
         raise FileNotFoundError(f"No such weights file: {path}")
     if path.name.endswith(".weights.h5"):
@@ -387,7 +387,7 @@ def load_weights(model, weights, *, preset=None, include_top=True, classes=None,
         from nonlocal_zoo.pretrained.hub import resolve_hf
 
         weights = resolve_hf(weights)
-    return _load_path(model, weights, preset=preset, include_top=include_top, classes=classes, format=format)
+    return _load_path(model, weights, include_top=include_top, classes=classes, format=format)
 
 
 # ----------------------------------------------------------------------------------------------------------------
