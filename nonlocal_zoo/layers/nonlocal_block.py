@@ -45,6 +45,28 @@ def _ceil_div(a, b):
     return (a + b - 1) // b
 
 
+def _recomputed(fn):
+    """`fn` whose intermediates are recomputed in the backward pass instead of stored (gradient checkpointing).
+
+    Used for the steps of the chunked attention: without it, differentiating the steps keeps every step's softmax
+    output, i.e. the whole affinity again.
+    """
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return tf.recompute_grad(fn)
+    if backend == "jax":
+        import jax
+
+        return jax.checkpoint(fn)
+    if backend == "torch":
+        from torch.utils.checkpoint import checkpoint
+
+        return lambda *args: checkpoint(fn, *args, use_reentrant=False)
+    return fn
+
+
 def _sequential_map(fn, elems):
     """`ops.map` that runs one step at a time, so that only one step's intermediates are alive.
 
@@ -95,7 +117,10 @@ class NonLocalBlock(keras.layers.Layer):
             they fit, else one clip and as many query rows as fit, so the buffer stays within the budget for any
             clip length and batch size (also when they are unknown when the model is traced). The softmax is over
             the keys of each query, so either way the result equals the unchunked one up to float rounding. The
-            steps run one after another (`ops.map`); they cost a few percent of time when they are large.
+            steps run one after another (`ops.map`); they cost a few percent of time when they are large. In the
+            backward pass the query chunks recompute their affinity instead of storing it (gradient checkpointing:
+            `tf.recompute_grad`, `jax.checkpoint`, `torch.utils.checkpoint`), so training memory is bounded too,
+            for about 20% more time in the block's backward pass.
             Defaults to `None` (the whole affinity at once). The `"dot"` mode never forms the affinity
             (it computes `theta (phi^T g)`), so it ignores this argument.
         memory_budget_mb: the affinity buffer budget, in MB (10**6 bytes), for `chunk_size="auto"`. The transient
@@ -322,16 +347,18 @@ class NonLocalBlock(keras.layers.Layer):
         if rows is not None:
             rows = _ceil_div(n, chunks)
 
+        step = _recomputed(lambda q, k, v: self._attend(q, k, v, num_keys))
+
         def attend_clips(q, k, v):
             """q (c, N, D), k (c, M, D), v (c, M, Dv) -> (c, N, Dv), `rows` queries at a time."""
             if _is_static(chunks) and chunks == 1:
-                return self._attend(q, k, v, num_keys)
+                return step(q, k, v)
             c = ops.shape(q)[0]
             # Pad the queries to a whole number of chunks; padded rows are computed and dropped (rows are independent).
             q = ops.pad(q, ((0, 0), (0, chunks * rows - n), (0, 0)))
             q = ops.reshape(q, (c, chunks, rows, dim))  # (c, N', D) -> (c, K, R, D)
             q = ops.transpose(q, (1, 0, 2, 3))  # (c, K, R, D) -> (K, c, R, D)
-            out = _sequential_map(lambda qc: self._attend(qc, k, v, num_keys), q)  # (K, c, R, Dv)
+            out = _sequential_map(lambda qc: step(qc, k, v), q)  # (K, c, R, Dv)
             out = ops.transpose(out, (1, 0, 2, 3))  # (K, c, R, Dv) -> (c, K, R, Dv)
             out = ops.reshape(out, (c, chunks * rows, dim_v))  # (c, K, R, Dv) -> (c, N', Dv)
             return out[:, :n]
