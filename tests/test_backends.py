@@ -3,7 +3,8 @@
 KERAS_BACKEND is read when Keras is imported, so each backend runs in its own process
 (`python -m nonlocal_zoo.benchmark --probe ...`): TensorFlow saves `.weights.h5` files, inputs and its outputs to a
 temporary folder; the other backends load the weights, run the same inputs (through `predict`, i.e. `jax.jit` on JAX)
-and compare. The block runs its chunked path (`chunk_size="auto"` with a budget of a few query rows).
+and compare, as well as the block's input gradient from each backend's own autodiff. The block runs its chunked
+path (`chunk_size="auto"` with a budget of a few query rows, steps recomputed in the backward pass).
 """
 import importlib.util
 
@@ -32,6 +33,6 @@ def test_backends_match_tensorflow(tmp_path):
     for backend, result in zip(BACKENDS, results):
         assert "error" not in result, (backend, result)
         assert result["backend"] == backend
-        for name in ("block", "backbone"):
+        for name in ("block", "backbone", "block_input_gradient"):
             scale = np.abs(saved[f"y_{name}"]).max()
             assert result["max_abs_diff"][name] <= 1e-5 * max(scale, 1.0), (backend, name, result)
