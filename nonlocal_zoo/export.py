@@ -494,10 +494,13 @@ def export_model(
     """
     fmt = _normalize_format(format)
     if quantization not in QUANTIZATIONS:
-        raise ValueError(f"`quantization` must be one of {list(QUANTIZATIONS)}. Received: quantization={quantization!r}")
+        raise ValueError(
+            f"`quantization` must be one of {list(QUANTIZATIONS)}. Received: quantization={quantization!r}"
+        )
     if quantization is not None and fmt != "tflite":
         raise ValueError(
-            f"`quantization` applies to format='tflite' only. Received: format={format!r}, quantization={quantization!r}"
+            "`quantization` applies to format='tflite' only. "
+            f"Received: format={format!r}, quantization={quantization!r}"
         )
     import keras
 

@@ -222,8 +222,9 @@ def model_card(preset_name, parity=None):
     params = info["params"]
     mean = ", ".join(f"{m:g}" for m in pre["mean"])
     std = ", ".join(f"{s:g}" for s in pre["std"])
-    top = ("not published" if meta["top1"] is None else
-           f"top-1 {_fmt_acc(meta['top1'])} %" + ("" if meta["top5"] is None else f", top-5 {_fmt_acc(meta['top5'])} %"))
+    top = "not published" if meta["top1"] is None else f"top-1 {_fmt_acc(meta['top1'])} %"
+    if meta["top5"] is not None:
+        top += f", top-5 {_fmt_acc(meta['top5'])} %"
     lines = front + [
         "",
         f"# {preset_name}",
