@@ -169,6 +169,11 @@ def test_headless_and_other_classes_get_the_body_only(upstream):
     features = keras_logits(_res5(full), upstream.x)
     headless = create_model(PRESET, weights="kinetics400", include_top=False, input_shape=SHAPE)
     np.testing.assert_array_equal(keras_logits(headless, upstream.x), features)
+    # The official fully-convolutional test head uses the same `pred` weights (logits: the same numbers).
+    fully_conv = create_model(PRESET, weights="kinetics400", fully_convolutional=True, input_shape=SHAPE,
+                              classifier_activation=None)
+    np.testing.assert_allclose(keras_logits(fully_conv, upstream.x), keras_logits(full, upstream.x),
+                               rtol=1e-5, atol=1e-5)
     ten = create_model(PRESET, classes=10, input_shape=SHAPE)
     fresh = np.array(ten.get_layer("pred").kernel.numpy())
     load_weights(ten, "kinetics400", classes=10)
@@ -298,3 +303,17 @@ def test_push_model_with_fallback_card(upstream, local_hub, monkeypatch):
         assert text in card
     from_hub = create_model(PRESET, weights="hf://me/tiny2", input_shape=SHAPE, classifier_activation=None)
     np.testing.assert_array_equal(keras_logits(from_hub, upstream.x), keras_logits(model, upstream.x))
+
+
+def test_hub_repository_with_one_keras_file(upstream, local_hub, tmp_path, monkeypatch):
+    src = tmp_path / "upstream.pkl"
+    src.write_bytes(upstream.data)
+    whole = convert_checkpoint(src, model=PRESET, out=tmp_path / "model.keras")
+    repo_dir = local_hub / "hub" / "models--me--kfile"
+    (repo_dir / "snapshots" / COMMIT).mkdir(parents=True)
+    shutil.copy(whole, repo_dir / "snapshots" / COMMIT / "i3d.keras")
+    (repo_dir / "refs").mkdir()
+    (repo_dir / "refs" / "main").write_text(COMMIT)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model = create_model(PRESET, weights="hf://me/kfile", input_shape=SHAPE, classifier_activation=None)
+    assert_logits_match(keras_logits(model, upstream.x), upstream.expected)

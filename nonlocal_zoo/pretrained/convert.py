@@ -76,9 +76,12 @@ class CheckpointFormat:
         reader: `reader(path) -> {name: np.ndarray}` (a safe reader from `pickle_io`).
         map_names: `map_names(keys) -> {key: canonical name or None}`. `None` marks a tensor that may be dropped
             (optimizer or bookkeeping state). Keys that are left out of the result are reported as unexpected.
-        detect: `detect(keys) -> bool`, True when the keys look like this format (used when no format is given).
-        suffixes: file suffixes of the format (lower case, with the dot), used to choose the reader.
-        description: one line for messages and `list_formats()`.
+        detect: `detect(keys) -> bool`, True when the keys look like this format (used when no format is given;
+            the reader is chosen by file type first: `.pkl` -> Caffe2 pickle, `.pth`/`.pyth`/zip -> torch).
+        suffixes: file suffixes of the format (lower case, with the dot), for documentation.
+        description: one line for messages.
+        transform: optional `transform(canonical_name, array) -> array`, for a format whose layouts differ from
+            the Caffe2/PyTorch ones (conv `[out, in, kT, kH, kW]`, dense `[out, in]`).
     """
 
     name: str
@@ -87,6 +90,7 @@ class CheckpointFormat:
     detect: Callable | None = None
     suffixes: tuple = ()
     description: str = ""
+    transform: Callable | None = None
 
 
 _FORMATS = {}
@@ -114,8 +118,8 @@ def register_format(fmt, *, aliases=(), replace=False):
 def _load_plugins():
     global _PLUGINS_LOADED
     if not _PLUGINS_LOADED:
-        _PLUGINS_LOADED = True
         importlib.import_module("nonlocal_zoo.pretrained.formats")
+        _PLUGINS_LOADED = True
 
 
 def list_formats():
@@ -215,7 +219,8 @@ def to_canonical(state, fmt):
         if name in canonical:
             duplicates.append(f"{canonical[name][0]} and {key} -> {name}")
             continue
-        canonical[name] = (key, np.asarray(array))
+        array = np.asarray(array)
+        canonical[name] = (key, fmt.transform(name, array) if fmt.transform is not None else array)
     if duplicates:
         raise CheckpointMismatchError(f"Several checkpoint tensors map to the same variable: {duplicates}")
     return canonical, unexpected
