@@ -16,7 +16,7 @@ The TFLite lowerings (3-D pools and convolutions as 2-D ops) are also checked op
 """
 import json
 import os
-import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -308,7 +308,7 @@ def test_exported_model_rejects_wrong_clips(tiny, out_dir):
 def test_full_size_preset_round_trips(tmp_path):
     name = "i3d_nl5_r50_8x8_kinetics400"
     model = create_model(name, weights=None)  # (8, 224, 224, 3), softmax head, 400 classes
-    clips = export.generated_clips(4, (8, 224, 224, 3), seed=9)
+    clips = export.generated_clips(2, (8, 224, 224, 3), seed=9)
     randomize(model, clips, seed=3)
     pred = model.get_layer("pred")
     kernel, bias = pred.get_weights()
@@ -318,7 +318,9 @@ def test_full_size_preset_round_trips(tmp_path):
                                       ("tflite", None, ".tflite"), ("tflite", "float16", ".tflite")):
         path = export.export_model(model, fmt, tmp_path / f"{fmt}_{quantization}{suffix}", quantization=quantization)
         loaded = export.load_export(path)
-        probabilities = np.concatenate([loaded(clips[i:i + 2]) for i in (0, 2)])
+        probabilities = np.concatenate([loaded(clips[:1]), loaded(clips[1:])])
+        size = sum(f.stat().st_size for f in Path(path).rglob("*")) if Path(path).is_dir() else path.stat().st_size
+        print(f"{fmt} {quantization}: max |dp| {np.abs(probabilities - reference).max():.3g}, {size:,} bytes")
         tolerance = 1e-2 if quantization else FP32_ATOL
         np.testing.assert_allclose(probabilities, reference, atol=tolerance)
         assert np.array_equal(probabilities.argmax(-1), reference.argmax(-1))
