@@ -556,17 +556,17 @@ def bench_models(cfg, matmul, log):
         arch = models["float32"][1]
         macs = count_macs(arch, (frames, size, size, 3), include_top=preset != "tiny")["total"]
         ref = torch_model_like(arch, frames, size) if have_ref and preset != "tiny" else None
-        params = {"ours": count_params(arch, include_top=preset != "tiny")["total"]}
+        params = {"ours": count_params(arch, include_top=preset != "tiny")["trainable"]}
         if ref is not None:
-            params["torch"] = sum(p.numel() for p in ref.parameters()) + sum(b.numel() for n, b in ref.named_buffers()
-                                                                             if not n.endswith("num_batches_tracked"))
+            params["torch"] = sum(p.numel() for p in ref.parameters())
         for batch in cfg["model_batches"]:
             x = np.random.default_rng(3).standard_normal((batch, frames, size, size, 3)).astype("float32")
             xt = tf.constant(x)
-            fns = {}
+            fns, traced = {}, {}
             for dtype, (model, _) in models.items():
                 call = lambda a, m=model: m(a, training=False)  # noqa: E731
                 graph, xla = tf.function(call), tf.function(call, jit_compile=True)
+                traced[f"tf graph {dtype}"], traced[f"tf xla {dtype}"] = graph, xla
                 if dtype == "float32":
                     fns["tf eager float32"] = lambda m=model: np.asarray(m(xt, training=False))
                 fns[f"tf graph {dtype}"] = lambda f=graph: np.asarray(f(xt))
@@ -590,6 +590,9 @@ def bench_models(cfg, matmul, log):
                     times[name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"}
                     del fns[name]
             times.update(time_interleaved(fns, warmup=cfg["model_warmup"], repeats=cfg["model_repeats"]))
+            for name, fn in traced.items():  # no retracing: one trace for all the calls of one shape
+                if "median_s" in times.get(name, {}):
+                    times[name]["traces"] = fn.experimental_get_tracing_count()
             for name, t in times.items():
                 if "median_s" in t:
                     t["clips_per_s"] = batch / t["median_s"]
@@ -613,13 +616,41 @@ def bench_pipeline(cfg, models, log):
     result = pipeline_run(quick=cfg["quick"])
     consumption = {}
     for row in (models or {}).get("rows", []):
-        best = max((t["clips_per_s"] for k, t in row["times"].items() if k.startswith("tf") and "clips_per_s" in t),
-                   default=None)
-        if best is not None:
-            key = f"{row['model']} {row['clip']} batch {row['batch']}"
-            consumption[key] = best
-    log(f"pipeline: {result}")
-    return {"result": result, "consumption": consumption}
+        timed = [(t["clips_per_s"], t["cpu_median_s"] / row["batch"]) for k, t in row["times"].items()
+                 if k.startswith("tf") and "clips_per_s" in t]
+        if timed:
+            consumption[f"{row['model']} {row['clip']} batch {row['batch']}"] = max(timed)
+    # CPU seconds per clip are robust to other load on a shared machine: decoding cost vs model cost per clip.
+    cpu_per_clip = {k: result["cores_busy"][k] / v for k, v in result.get("clips_per_s", {}).items()
+                    if v and k in result.get("cores_busy", {}) and not k.startswith("cold")}
+    baseline = _plain_opencv(num_frames=80 if cfg["quick"] else 150)
+    if baseline:
+        cpu_per_clip["plain sequential OpenCV (whole file, no transforms)"] = baseline["cpu_s_per_clip"]
+    log(f"pipeline: {result}; plain OpenCV {baseline}")
+    return {"result": result, "consumption": consumption, "cpu_s_per_clip": cpu_per_clip, "opencv": baseline}
+
+
+def _plain_opencv(num_frames, num_clips=8):
+    """Plain sequential `cv2.VideoCapture.read` of every frame of the pipeline benchmark's synthetic files."""
+    try:
+        import cv2
+
+        from benchmarks.data_pipeline import _write_clips
+    except ImportError:
+        return None
+    with tempfile.TemporaryDirectory() as folder:
+        paths = _write_clips(folder, num_clips=num_clips, num_frames=num_frames)
+
+        def decode_all():
+            for path in paths:
+                cap = cv2.VideoCapture(path)
+                while cap.read()[0]:
+                    pass
+                cap.release()
+
+        times = time_interleaved({"opencv": decode_all}, warmup=1, repeats=3)["opencv"]
+    return {"clips_per_s": num_clips / times["median_s"], "cpu_s_per_clip": times["cpu_median_s"] / num_clips,
+            "frames_per_clip": num_frames}
 
 
 # --------------------------------------------------------------------------------------------------------- backends
@@ -835,8 +866,10 @@ def render_markdown(results, command):
                     f"| {r['model']} | {r['preset']} | {r['clip']} | {r['batch']} | {r['gmacs_per_clip']:.1f} | "
                     f"{name} | {t['clips_per_s']:.2f} | {_ratio(ref, t)} | {t['gflops']:.0f} | "
                     f"{100 * t['fraction_of_peak']:.0f} |")
+        traces = sorted({t["traces"] for r in results["models"]["rows"] for t in r["times"].values() if "traces" in t})
+        out += ["", f"`tf.function` traces per variant and shape after all calls: {traces} (no retracing)."]
         params = {f"{r['preset']}": r["params"] for r in results["models"]["rows"]}
-        out += ["", "Parameter counts (ours / PyTorch reference, incl. BN statistics): " + "; ".join(
+        out += ["", "Trainable parameters (ours / PyTorch reference): " + "; ".join(
             f"{k} {v['ours']:,} / {v.get('torch', 'n/a'):,}" if "torch" in v else f"{k} {v['ours']:,}"
             for k, v in params.items()), ""]
     if "pipeline" in results:
@@ -847,8 +880,13 @@ def render_markdown(results, command):
         else:
             out += ["| measurement | value |", "|---|---|"]
             out += [f"| {k} | {v} |" for k, v in _flatten(p["result"]).items()]
-            out += [f"| model consumption: {k} (best TensorFlow variant) | {v:.2f} clips/s |"
-                    for k, v in p["consumption"].items()] + [""]
+            if p.get("opencv"):
+                out.append(f"| plain sequential OpenCV decoding of the same kind of files "
+                           f"({p['opencv']['frames_per_clip']} frames, all decoded) | "
+                           f"{p['opencv']['clips_per_s']:.1f} clips/s |")
+            out += [f"| pipeline CPU s per clip: {k} | {v:.4f} |" for k, v in p.get("cpu_s_per_clip", {}).items()]
+            out += [f"| model consumption: {k} (fastest TensorFlow variant) | {cps:.2f} clips/s, {cpu:.3f} CPU s per "
+                    "clip |" for k, (cps, cpu) in p["consumption"].items()] + [""]
     if "backends" in results:
         bk = results["backends"]
         out += [f"## Keras backends (block {tuple(bk['shape'])} forward; tiny I3D-NL backbone and weights loaded "
@@ -865,6 +903,26 @@ def render_markdown(results, command):
             out.append(f"| {name} | {r['forward_median_s'] * 1e3:.1f} | {diff} |")
         out.append("")
     return "\n".join(out)
+
+
+GENERATED_START, GENERATED_END = "<!-- benchmark tables: start (generated) -->", "<!-- benchmark tables: end -->"
+
+
+def write_report(path, report):
+    """Write `report` to `path`; if the file has the generated-section markers, replace only what is between them
+    (so a hand-written summary above or below survives re-runs)."""
+    block = f"{GENERATED_START}\n{report}\n{GENERATED_END}\n"
+    text = None
+    if os.path.exists(path):
+        with open(path) as f:
+            text = f.read()
+    if text and GENERATED_START in text and GENERATED_END in text:
+        head, rest = text.split(GENERATED_START, 1)
+        tail = rest.split(GENERATED_END, 1)[1].lstrip("\n")
+        block = head + block + tail
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(block)
 
 
 def _flatten(d, prefix=""):
@@ -947,9 +1005,7 @@ def main(argv=None):
                   log=lambda msg: print(msg, file=sys.stderr, flush=True))
     output = args.output or (os.path.join(tempfile.gettempdir(), "nonlocal_zoo_benchmark_quick.md") if args.quick
                              else DEFAULT_OUTPUT)
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    with open(output, "w") as f:
-        f.write(render_markdown(results, command.strip()) + "\n")
+    write_report(output, render_markdown(results, command.strip()))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1, default=str)

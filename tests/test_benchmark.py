@@ -78,3 +78,14 @@ def test_quick_mode_writes_its_table_and_not_results_md(tmp_path):
         assert max(row["max_abs_diff"].values()) < 1e-5
     assert (os.path.getmtime(results_md) if os.path.exists(results_md) else None) == before
     print(f"quick benchmark: {wall:.0f} s wall")
+
+
+def test_write_report_keeps_the_hand_written_summary(tmp_path):
+    path = tmp_path / "RESULTS.md"
+    benchmark.write_report(str(path), "# tables v1")
+    assert "# tables v1" in path.read_text()
+    path.write_text("# Summary\nkeep me\n\n" + path.read_text() + "\n## Notes\nkeep me too\n")
+    benchmark.write_report(str(path), "# tables v2")
+    text = path.read_text()
+    assert "keep me\n" in text and "keep me too" in text and "# tables v2" in text and "# tables v1" not in text
+    assert text.index("# Summary") < text.index("# tables v2") < text.index("## Notes")
