@@ -1,0 +1,390 @@
+"""The `nonlocal-zoo` command line: argument parsing and dispatch only; the work is done by the library.
+
+Exit codes: 0 success, 1 failure of the environment (download, disk), 2 a usage mistake (bad argument, unknown
+model, unreadable video), 130 interrupted. Mistakes print one line, `error: ...`, without a traceback; `--debug`
+shows the traceback.
+
+Example:
+    $ nonlocal-zoo demo
+    $ nonlocal-zoo classify clip.mp4 --model i3d_nl5_r50_8x8_kinetics400 --top-k 5
+    $ nonlocal-zoo attention clip.mp4 --model demo --query 4,32,32 --out attention/
+"""
+import argparse
+import json
+import os
+import sys
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+MODEL_HELP = "'demo' (the embedded motion model), a preset name (see `nonlocal-zoo list`) or a saved .keras model"
+WEIGHTS_HELP = ("weights of a preset: 'auto' (its published Kinetics-400 checkpoint, converted and cached on first "
+                "use), 'none' (random), a weights file or hf://org/repo (default: auto)")
+
+
+class UsageError(ValueError):
+    """A mistake in the command line (exit code 2)."""
+
+
+def _print_json(value):
+    print(json.dumps(value, indent=2, default=float))
+
+
+def _quiet_tensorflow():
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+# ---------------------------------------------------------------------------------------------------- handlers
+def _cmd_list(args):
+    from nonlocal_zoo.presets import get_preset, list_models
+
+    names = list_models(pretrained=args.pretrained)
+    if args.json:
+        _print_json(names)
+        return EXIT_OK
+    for name in names:
+        meta = get_preset(name)["metadata"]
+        top1 = meta.get("top1")
+        acc = f"top-1 {top1:.1f}" if top1 is not None else "architecture only"
+        print(f"{name:48s} {acc}")
+    print("demo" + " " * 44 + "embedded motion model (offline; `nonlocal-zoo demo`)")
+    return EXIT_OK
+
+
+def _cmd_info(args):
+    if args.name == "demo":
+        from nonlocal_zoo.demo import format_demo_info
+
+        print(format_demo_info())
+        return EXIT_OK
+    from nonlocal_zoo.models.flops import format_info
+
+    print(format_info(args.name))
+    return EXIT_OK
+
+
+def _load(args):
+    _quiet_tensorflow()
+    from nonlocal_zoo.inference import load_model
+
+    return load_model(args.model, weights=getattr(args, "weights", "auto"), preset=getattr(args, "preset", None),
+                      labels=getattr(args, "labels", None))
+
+
+def _cmd_classify(args):
+    from nonlocal_zoo.inference import classify
+
+    for video in args.videos:
+        if not os.path.isfile(video):
+            raise UsageError(f"No such video file: {video!r}")
+    loaded = _load(args)
+    results = classify(loaded, args.videos, top_k=args.top_k, num_clips=args.num_clips, num_crops=args.num_crops)
+    if args.json:
+        _print_json(results)
+        return EXIT_OK
+    for result in results:
+        print(f"{result['video']}  ({result['views']} view{'s' if result['views'] > 1 else ''})")
+        for rank, item in enumerate(result["top"], 1):
+            print(f"  {rank}. {item['label']:32s} {item['score']:.3f}")
+    return EXIT_OK
+
+
+def _cmd_evaluate(args):
+    from nonlocal_zoo.evaluation import evaluate
+
+    loaded = _load(args)
+    result = evaluate(loaded.model, args.source, preset=loaded.preprocessing, num_clips=args.num_clips,
+                      num_crops=args.num_crops, split=args.split, data_dir=args.data_dir, batch_size=args.batch_size,
+                      class_names=loaded.class_names, progress=not args.json)
+    summary = {k: v for k, v in result.items() if k not in ("video_scores", "view_scores", "labels", "names")}
+    if args.json:
+        _print_json(summary)
+        return EXIT_OK
+    for key in sorted(k for k in summary if k.startswith(("video_top", "clip_top"))):
+        print(f"{key:12s} {100 * summary[key]:.2f}%")
+    print(f"videos {summary['num_videos']}, views {summary['num_views']} ({summary['views_per_video']} per video), "
+          f"skipped {summary['num_skipped']}")
+    for name, reason in summary.get("skipped", []):
+        print(f"  skipped {name}: {reason}")
+    return EXIT_OK
+
+
+def _cmd_finetune(args):
+    from nonlocal_zoo import training
+
+    return int(training.run_finetune_from_args(args) or 0)
+
+
+def _cmd_convert(args):
+    from nonlocal_zoo.pretrained.loading import convert_checkpoint
+
+    out = convert_checkpoint(args.source, model=args.model, out=args.out, format=args.format)
+    print(f"wrote {out}")
+    return EXIT_OK
+
+
+def _cmd_download(args):
+    from nonlocal_zoo.pretrained.loading import download_preset
+
+    path = download_preset(args.name, offline=True if args.offline else None)
+    print(path)
+    return EXIT_OK
+
+
+def _cmd_export(args):
+    _quiet_tensorflow()
+    from nonlocal_zoo.export import export_model
+
+    from nonlocal_zoo.presets import PRESETS
+
+    if args.model in PRESETS:  # the exporter builds it (weights "auto": published ones if any) at the training crop
+        weights = None if args.weights in ("none", "None") else args.weights
+        out = export_model(args.model, args.format, args.out, weights=weights, quantization=args.quantization,
+                           overwrite=args.overwrite)
+    else:
+        loaded = _load(args)
+        out = export_model(loaded.model, args.format, args.out, preset=loaded.preprocessing, labels=loaded.labels,
+                           quantization=args.quantization, overwrite=args.overwrite)
+    print(f"wrote {out}")
+    return EXIT_OK
+
+
+def _cmd_attention(args):
+    from nonlocal_zoo.attention import attention_for_video, parse_query
+
+    query = parse_query(args.query) if args.query is not None else None
+    if not os.path.isfile(args.video):
+        raise UsageError(f"No such video file: {args.video!r}")
+    loaded = _load(args)
+    att, paths = attention_for_video(loaded, args.video, query=query, block=args.block, out_dir=args.out,
+                                     top_k=args.top_k)
+    if args.json:
+        _print_json({"block": att.block, "mode": att.mode, "query": att.query, "feature_query": att.feature_query,
+                     "top_keys": att.top_keys(args.top_k), **paths})
+        return EXIT_OK
+    t, y, x = att.query
+    print(f"block {att.block} ({att.mode}), query t={t} y={y} x={x} -> feature position {att.feature_query} "
+          f"of {att.feature_shape}")
+    print("strongest keys (weight, t, y, x):")
+    for w, kt, ky, kx in att.top_keys(min(args.top_k, 5)):
+        print(f"  {w:.4f}  t={kt} y={ky:.0f} x={kx:.0f}")
+    print(f"wrote {paths['png']}")
+    print(f"wrote {paths['gif']}")
+    return EXIT_OK
+
+
+def _cmd_demo(args):
+    _quiet_tensorflow()
+    from nonlocal_zoo.demo import run_demo
+
+    run_demo(out_dir=args.out, num_clips=args.num_clips, seed=args.seed)
+    return EXIT_OK
+
+
+def _cmd_benchmark(args):
+    from nonlocal_zoo import benchmark
+
+    return int(benchmark.main(args.benchmark_args) or 0)
+
+
+def _cmd_prepare(args):
+    from nonlocal_zoo.data import prepare_tfds
+
+    result = prepare_tfds(args.folder, args.data_dir, name=args.name)
+    print(f"prepared TFDS dataset {args.name!r} in {args.data_dir}" + (f": {result}" if result is not None else ""))
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------------------- parser
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _add_model_args(p, *, required=True):
+    p.add_argument("--model", "-m", required=required, default=None if required else "demo", help=MODEL_HELP)
+    p.add_argument("--weights", default="auto", help=WEIGHTS_HELP)
+    p.add_argument("--preset", default=None,
+                   help="for a .keras model: the preset whose preprocessing to use (default: its own)")
+    p.add_argument("--labels", default=None, help="text file of class names, one per line (default: from the model)")
+
+
+def _add_finetune(subparsers, formatter, full):
+    p = subparsers.add_parser(
+        "finetune", formatter_class=formatter, help="fine-tune a preset on a folder of clips (one folder per class)",
+        description="Fine-tune a model on custom clips: DATA/<class>/*.mp4 (or DATA/train/<class>/...).")
+    if not full:  # the training module (and TensorFlow) is imported only when `finetune` is the command
+        p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+        return
+    from nonlocal_zoo import training
+
+    training.add_finetune_arguments(p)
+    p.set_defaults(handler=_cmd_finetune)
+
+
+def _command_of(argv):
+    """The subcommand word of an argument list (the first word that is not an option), or None."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def build_parser(command=None):
+    """The `nonlocal-zoo` argument parser (subcommands listed in the module docstring).
+
+    Args:
+        command: the subcommand about to run; `"finetune"` adds the fine-tuning options (importing the training
+            module), otherwise only its name is registered so that `--help` stays fast.
+    """
+    def formatter(prog):
+        return argparse.RawDescriptionHelpFormatter(prog, max_help_position=32)
+
+    parser = argparse.ArgumentParser(
+        prog="nonlocal-zoo", formatter_class=formatter,
+        description="Non-local Neural Networks (Wang et al., CVPR 2018) for video classification in Keras 3.",
+        epilog="Start with `nonlocal-zoo demo` (offline). Each command has --help.")
+    from nonlocal_zoo.version import __version__
+
+    parser.add_argument("--version", action="version", version=f"nonlocal-zoo {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("list", help="list the model presets", description="List the model presets.")
+    p.add_argument("--pretrained", action="store_true", help="only presets with published weights")
+    p.add_argument("--json", action="store_true", help="print a JSON list")
+    p.set_defaults(handler=_cmd_list)
+
+    p = sub.add_parser("info", help="architecture, parameters, MACs, weights and licence of a preset",
+                       description="Show a preset's model card (or 'demo').")
+    p.add_argument("name", help="preset name or 'demo'")
+    p.set_defaults(handler=_cmd_info)
+
+    p = sub.add_parser("classify", help="top-k labels of video files", formatter_class=formatter,
+                       description="Classify videos: top-k labels with scores, averaged over the views.",
+                       epilog="Example: nonlocal-zoo classify clip.mp4 --model i3d_nl5_r50_8x8_kinetics400 "
+                              "--num-clips 10 --num-crops 3")
+    p.add_argument("videos", nargs="+", metavar="VIDEO", help="video files")
+    _add_model_args(p)
+    p.add_argument("--top-k", "-k", type=_positive_int, default=5, help="labels per video (default: 5)")
+    p.add_argument("--num-clips", type=_positive_int, default=1, help="temporal views per video (default: 1)")
+    p.add_argument("--num-crops", type=int, choices=(1, 3), default=1, help="spatial crops per view (default: 1)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(handler=_cmd_classify)
+
+    p = sub.add_parser("evaluate", help="multi-view accuracy on labelled clips", formatter_class=formatter,
+                       description="Clip- and video-level top-1/top-5 accuracy with multi-view testing.")
+    p.add_argument("source", help="clip folder (<class>/*.mp4), CSV/list file or tfds:NAME")
+    _add_model_args(p)
+    p.add_argument("--num-clips", type=_positive_int, default=10, help="temporal views per video (default: 10)")
+    p.add_argument("--num-crops", type=int, choices=(1, 3), default=3, help="spatial crops per view (default: 3)")
+    p.add_argument("--split", default=None, help="split sub-folder or TFDS split")
+    p.add_argument("--data-dir", default=None, help="TFDS data directory")
+    p.add_argument("--batch-size", type=_positive_int, default=None, help="views per forward pass")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(handler=_cmd_evaluate)
+
+    _add_finetune(sub, formatter, full=command == "finetune")
+
+    p = sub.add_parser("convert", help="convert an upstream checkpoint file to Keras weights",
+                       description="Convert a downloaded checkpoint (.pkl/.pth/.pyth) of a preset to Keras weights.")
+    p.add_argument("source", help="the upstream checkpoint file, or 'kinetics400' for the preset's own (downloaded)")
+    p.add_argument("--model", "-m", required=True, help="the preset the checkpoint belongs to")
+    p.add_argument("--out", "-o", required=True, help="output file: .weights.h5 (weights) or .keras (whole model)")
+    p.add_argument("--format", default=None, help="checkpoint format (default: detected from the file)")
+    p.set_defaults(handler=_cmd_convert)
+
+    p = sub.add_parser("download", help="download a preset's upstream checkpoint into the cache",
+                       description="Download a preset's upstream checkpoint (hash-checked, cached); prints its path. "
+                                   "Models convert it on first use with weights='kinetics400'.")
+    p.add_argument("name", help="preset name with published weights (`nonlocal-zoo list --pretrained`)")
+    p.add_argument("--offline", action="store_true", help="only check the cache; never use the network")
+    p.set_defaults(handler=_cmd_download)
+
+    p = sub.add_parser("export", help="export a model (SavedModel, TFLite, ONNX)",
+                       description="Export a model for serving: uint8 clips in, probabilities out.")
+    _add_model_args(p)
+    p.add_argument("--format", "-f", required=True, choices=("saved_model", "tflite", "onnx"), help="export format")
+    p.add_argument("--out", "-o", default=None, help="output path (default: <model name>/ .tflite or .onnx)")
+    p.add_argument("--quantization", choices=("float16", "dynamic_int8", "int8"), default=None,
+                   help="TFLite quantization (default: float32)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.set_defaults(handler=_cmd_export)
+
+    p = sub.add_parser("attention", help="non-local attention map of a query position", formatter_class=formatter,
+                       description="Draw where a non-local block attends from one query position of a clip: a PNG "
+                                   "contact sheet and an animated GIF of the strongest weights over the frames.",
+                       epilog="Example: nonlocal-zoo attention clip.mp4 --model demo --query 4,32,32 --out att/")
+    p.add_argument("video", help="video file")
+    _add_model_args(p)
+    p.add_argument("--query", "-q", default=None,
+                   help="t,y,x in the model-input clip (frame, row, column); default: the most salient moving "
+                        "point of the middle frame")
+    p.add_argument("--block", "-b", default=None, help="non-local block name (default: the last one)")
+    p.add_argument("--out", "-o", default="attention", help="output folder (default: ./attention)")
+    p.add_argument("--top-k", "-k", type=_positive_int, default=8, help="strongest keys to mark (default: 8)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(handler=_cmd_attention)
+
+    p = sub.add_parser("demo", help="offline demo on the embedded motion model (start here)",
+                       description="Render synthetic motion clips, classify them with the embedded non-local model, "
+                                   "and draw an attention map. Offline; about a minute on a laptop.")
+    p.add_argument("--out", "-o", default="demo_output", help="output folder (default: ./demo_output)")
+    p.add_argument("--num-clips", type=_positive_int, default=5, help="clips to render and classify (default: 5)")
+    p.add_argument("--seed", type=int, default=2018, help="seed of the rendered clips (default: 2018)")
+    p.set_defaults(handler=_cmd_demo)
+
+    p = sub.add_parser("benchmark", help="speed and memory benchmarks", add_help=False,
+                       description="Run the benchmark harness; arguments are passed on (try `benchmark --help`).")
+    p.add_argument("benchmark_args", nargs=argparse.REMAINDER, help="arguments of the benchmark harness")
+    p.set_defaults(handler=_cmd_benchmark)
+
+    p = sub.add_parser("prepare", help="build a TFDS dataset from a folder of clips",
+                       description="Decode a clip folder (<class>/*.mp4, optionally under train/ val/) into TFDS.")
+    p.add_argument("folder", help="the clip folder")
+    p.add_argument("--data-dir", required=True, help="TFDS data directory to write to")
+    p.add_argument("--name", default="video_folder", help="dataset name (default: video_folder)")
+    p.set_defaults(handler=_cmd_prepare)
+    return parser
+
+
+def main(argv=None):
+    """Runs the command line; returns the exit code."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = _command_of(argv)
+    parser = build_parser(command)
+    if command == "benchmark":  # every word after it (`--help` too) belongs to the benchmark harness
+        split = argv.index(command) + 1
+        args = parser.parse_args(argv[:split])
+        args.benchmark_args = argv[split:]
+    else:
+        args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return args.handler(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError, ImportError) as error:
+        # Usage mistakes: bad values, unknown names, missing or unreadable files, missing optional packages.
+        if args.debug:
+            raise
+        print(f"error: {_one_line(error)}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as error:  # downloads, disk
+        if args.debug:
+            raise
+        print(f"error: {_one_line(error)}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def _one_line(error):
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text
+
+
+if __name__ == "__main__":
+    sys.exit(main())
