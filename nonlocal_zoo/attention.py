@@ -60,17 +60,23 @@ class AttentionMap:
         import cv2
 
         num_frames, height, width = self.frames.shape[:3]
-        key_frames = self.weights.shape[0]
+        out = np.zeros((num_frames, height, width), np.float32)
+        for t, k in enumerate(self.key_frames()):
+            if k is not None:
+                out[t] = cv2.resize(self.weights[k].astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
+        return out
+
+    def key_frames(self):
+        """For each input frame, the index of the key frame that covers it, or `None` (outside the query's group)."""
+        num_frames, key_frames = self.frames.shape[0], self.weights.shape[0]
         # Key frame k covers feature frames [offset + k * s, offset + (k + 1) * s) with s = T' / Tk (temporal
         # key pooling); feature frame f covers input frames [f * T / T', (f + 1) * T / T').
         span = self.feature_shape[0] / key_frames
-        out = np.zeros((num_frames, height, width), np.float32)
+        result = []
         for t in range(num_frames):
-            feature_t = t * self.feature_shape[0] / num_frames
-            k = math.floor((feature_t - self.frame_offset) / span)
-            if 0 <= k < key_frames:
-                out[t] = cv2.resize(self.weights[k].astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
-        return out
+            k = math.floor((t * self.feature_shape[0] / num_frames - self.frame_offset) / span)
+            result.append(k if 0 <= k < key_frames else None)
+        return result
 
     def top_keys(self, k=DEFAULT_TOP_K):
         """The `k` strongest key positions as `(weight, t, y, x)` in frame coordinates (key cell centres).
@@ -292,8 +298,10 @@ def attention_map(model, clip, query, *, block=None, preprocess=None):
 def render_frames(attention, *, top_k=DEFAULT_TOP_K, scale=None, alpha=0.55):
     """Draws the attention over the frames: heatmap overlay, strongest keys circled, query crossed.
 
-    The heat is `max(w, 0) / max(w)` over the whole clip (so frames compare), upsampled bilinearly, in OpenCV's
-    JET colormap (red = strongest).
+    The heat of a key is how far its weight stands above the typical one: `(w - median) / (max - median)`, clipped
+    to [0, 1], over the whole clip (so frames compare; most keys are background, so the median is the background
+    level, for every mode, including the unnormalised dot-product and concatenation weights). It is upsampled
+    bilinearly and drawn in OpenCV's JET colormap (red = strongest), more opaque where it is stronger.
 
     Args:
         attention: an `AttentionMap`.
@@ -310,16 +318,15 @@ def render_frames(attention, *, top_k=DEFAULT_TOP_K, scale=None, alpha=0.55):
     height, width = frames.shape[1:3]
     if scale is None:
         scale = max(1, math.ceil(160 / min(height, width)))
-    heat = np.maximum(attention.frame_weights(), 0.0)
-    peak = heat.max()
-    heat = heat / peak if peak > 0 else heat
+    heat = _relative_heat(attention)
     out = []
     size = (width * scale, height * scale)
     for t, frame in enumerate(frames):
-        big = cv2.resize(frame, size, interpolation=cv2.INTER_NEAREST)
-        colour = cv2.applyColorMap(np.uint8(255 * cv2.resize(heat[t], size)), cv2.COLORMAP_JET)[..., ::-1]
-        blended = (big * (1 - alpha) + colour * alpha).astype(np.uint8)
-        out.append(np.ascontiguousarray(blended))
+        big = cv2.resize(frame, size, interpolation=cv2.INTER_NEAREST).astype(np.float32)
+        h = cv2.resize(heat[t], size, interpolation=cv2.INTER_LINEAR)
+        colour = cv2.applyColorMap(np.uint8(255 * h), cv2.COLORMAP_JET)[..., ::-1].astype(np.float32)
+        opacity = alpha * np.sqrt(h)[..., None]  # faint where weak, `alpha` at the strongest keys
+        out.append(np.ascontiguousarray((big * (1 - opacity) + colour * opacity).astype(np.uint8)))
     radius = max(3, scale * 2)
     for w, t, y, x in attention.top_keys(top_k):
         if w > 0:
@@ -330,6 +337,17 @@ def render_frames(attention, *, top_k=DEFAULT_TOP_K, scale=None, alpha=0.55):
     for t, frame in enumerate(out):
         cv2.putText(frame, f"t={t}", (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA)
     return np.stack(out)
+
+
+def _relative_heat(attention):
+    """Per-pixel heat in [0, 1]: `(w - median) / (max - median)` of the key weights, upsampled to the frames."""
+    weights = attention.weights
+    median, peak = float(np.median(weights)), float(weights.max())
+    if peak <= median:
+        return np.zeros(attention.frames.shape[:3], np.float32)
+    relative = dataclasses.replace(attention, weights=(weights - median) / (peak - median))
+    heat = np.clip(relative.frame_weights(), 0.0, 1.0)  # frames outside the query's group stay 0
+    return heat
 
 
 def contact_sheet(frames, *, columns=8, gap=2):

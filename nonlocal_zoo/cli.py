@@ -1,7 +1,7 @@
 """The `nonlocal-zoo` command line: argument parsing and dispatch only; the work is done by the library.
 
-Exit codes: 0 success, 1 failure of the environment (download, disk), 2 a usage mistake (bad argument, unknown
-model, unreadable video), 130 interrupted. Mistakes print one line, `error: ...`, without a traceback; `--debug`
+Exit codes: 0 success, 1 failure of the environment (download, offline without the file, disk), 2 a usage mistake
+(bad argument, unknown model, unreadable video), 130 interrupted. Mistakes print one line, `error: ...`, without a traceback; `--debug`
 shows the traceback.
 
 Example:
@@ -368,22 +368,23 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError, ImportError) as error:
-        # Usage mistakes: bad values, unknown names, missing or unreadable files, missing optional packages.
-        if args.debug:
+    except Exception as error:
+        code = _exit_code(error)
+        if code is None or args.debug:  # a bug, not a mistake: keep the traceback
             raise
-        print(f"error: {_one_line(error)}", file=sys.stderr)
-        return EXIT_USAGE
-    except OSError as error:  # downloads, disk
-        if args.debug:
-            raise
-        print(f"error: {_one_line(error)}", file=sys.stderr)
+        print(f"error: {' '.join(str(error).split()) or type(error).__name__}", file=sys.stderr)
+        return code
+
+
+def _exit_code(error):
+    """Exit code of an expected error, or None for an unexpected one."""
+    if type(error).__module__ == "nonlocal_zoo.pretrained.download":  # DownloadError, OfflineError, ChecksumError
         return EXIT_FAILURE
-
-
-def _one_line(error):
-    text = " ".join(str(error).split()) or type(error).__name__
-    return text
+    if isinstance(error, (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError, ImportError)):
+        return EXIT_USAGE  # bad values, unknown names, missing or unreadable files, missing optional packages
+    if isinstance(error, OSError):  # network, disk
+        return EXIT_FAILURE
+    return None
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Procedurally generated motion clips whose classes need temporal reasoning (the demo model's dataset).
 
-Ten classes in five pairs. The two classes of a pair are time reversals of each other (or, for flashing vs
+Twelve classes in six pairs. The two classes of a pair are time reversals of each other (or, for flashing vs
 steady, differ only in how brightness changes over time), and their random parameters are drawn so that any
 single frame of one class is also a plausible frame of the other: a model that looks at frames one at a time
 and averages cannot tell the pair apart, while a model that relates frames to each other can.
@@ -10,8 +10,13 @@ and averages cannot tell the pair apart, while a model that relates frames to ea
 | `moving_left` / `moving_right` | direction of a fast horizontal translation |
 | `rotating_clockwise` / `rotating_counterclockwise` | direction of a clock hand's rotation |
 | `approaching` / `receding` | the object grows (comes closer) or shrinks |
-| `meeting` / `separating` | two objects move towards or away from each other |
+| `meeting` / `separating` | two objects, one above the other, move towards or away from each other |
 | `flashing` / `steady` | brightness alternates between two levels, or stays at one |
+| `same_direction` / `opposite_direction` | two far-apart objects move sideways in the same or opposite directions |
+
+The last pair is relational: each object alone moves left or right with equal chance in both classes, so only
+relating the two distant motions to each other tells the classes apart (out of reach of a small network's local
+receptive field; a non-local block connects them directly).
 
 Clips are rendered with OpenCV (anti-aliased shapes on a noisy coloured background, half of them with a static
 distractor shape) as uint8 RGB
@@ -32,6 +37,8 @@ CLASSES = (
     "separating",
     "flashing",
     "steady",
+    "same_direction",
+    "opposite_direction",
 )
 """Class names, in label order."""
 
@@ -77,7 +84,8 @@ def _draw_shape(canvas, shape, centre, radius, colour, angle=0.0):
 
 
 def _draw_hand(canvas, centre, length, angle, colour, width):
-    """A clock hand: a thick line from `centre` at `angle` (radians, image coordinates, y down) plus a hub."""
+    """A clock hand: a thick line from a large hub at `centre` to its tip at `angle` (radians, image coordinates,
+    y down)."""
     import cv2
 
     scale = 16
@@ -86,9 +94,7 @@ def _draw_hand(canvas, centre, length, angle, colour, width):
     colour = tuple(float(c) for c in colour)
     cv2.line(canvas, (round(cx * scale), round(cy * scale)), (round(tip[0] * scale), round(tip[1] * scale)), colour,
              max(int(width), 1), cv2.LINE_AA, 4)
-    cv2.circle(canvas, (round(tip[0] * scale), round(tip[1] * scale)), round(width * 0.9 * scale), colour, -1,
-               cv2.LINE_AA, 4)
-    cv2.circle(canvas, (round(cx * scale), round(cy * scale)), round(width * 0.7 * scale), colour, -1, cv2.LINE_AA, 4)
+    cv2.circle(canvas, (round(cx * scale), round(cy * scale)), round(width * 1.3 * scale), colour, -1, cv2.LINE_AA, 4)
 
 
 def _forward_or_reversed(frames_fn, reverse, num_frames):
@@ -101,7 +107,7 @@ def render_clip(label, *, num_frames=8, size=64, seed=0):
     """Renders one clip of a class.
 
     Args:
-        label: class index (0-9) or name from `CLASSES`.
+        label: class index or name from `CLASSES`.
         num_frames: frames `T` of the clip. Defaults to `8`.
         size: frame height and width in pixels (at least 32). Defaults to `64`.
         seed: an int or a sequence of ints for `numpy.random.default_rng`; the clip depends only on it.
@@ -147,12 +153,12 @@ def render_clip(label, *, num_frames=8, size=64, seed=0):
         frames = _forward_or_reversed(lambda k: dict(centre=(xs[k], y), radius=radius), name == "moving_left",
                                       num_frames)
     elif name in ("rotating_clockwise", "rotating_counterclockwise"):
-        length = rng.uniform(12.0, 18.0) * s
+        length = rng.uniform(16.0, 24.0) * s
         centre = (rng.uniform(length + 3, size - length - 3), rng.uniform(length + 3, size - length - 3))
-        step = math.radians(rng.uniform(25.0, 40.0))
+        step = math.radians(rng.uniform(12.0, 24.0))
         start = rng.uniform(0.0, 2.0 * math.pi)
         sign = 1.0 if name == "rotating_clockwise" else -1.0  # y points down: a growing angle turns clockwise
-        width = max(2.0, rng.uniform(2.5, 4.0) * s)
+        width = max(2.0, rng.uniform(3.0, 4.5) * s)
         for k in range(num_frames):
             _draw_hand(canvas[k], centre, length, start + sign * step * k, colour, width)
         return np.clip(canvas, 0, 255).astype(np.uint8)
@@ -168,12 +174,27 @@ def render_clip(label, *, num_frames=8, size=64, seed=0):
         other_shape = SHAPES[rng.integers(len(SHAPES))]
         other_colour = _colour(rng)
         near, far = rng.uniform(2.2, 3.0) * radius, rng.uniform(0.7, 0.85) * size
-        cx, cy = size / 2 + rng.uniform(-3, 3) * s, rng.uniform(radius + 3, size - radius - 3)
+        # one object above the other, approaching or leaving each other vertically
+        cx, cy = rng.uniform(radius + 3, size - radius - 3), size / 2 + rng.uniform(-3, 3) * s
         gaps = far + (near - far) * t  # distance between the centres: far -> near when meeting
         order = range(num_frames) if name == "meeting" else range(num_frames - 1, -1, -1)
         for k, j in enumerate(order):
-            _draw_shape(canvas[k], shape, (cx - gaps[j] / 2, cy), radius, colour)
-            _draw_shape(canvas[k], other_shape, (cx + gaps[j] / 2, cy), radius, other_colour)
+            _draw_shape(canvas[k], shape, (cx, cy - gaps[j] / 2), radius, colour)
+            _draw_shape(canvas[k], other_shape, (cx, cy + gaps[j] / 2), radius, other_colour)
+        return np.clip(canvas, 0, 255).astype(np.uint8)
+    elif name in ("same_direction", "opposite_direction"):
+        # Two identical objects, one near the top and one near the bottom (at least 36 px apart at 64 px), each
+        # moving left or right (independently uniform, so each object alone says nothing about the class).
+        radius = rng.uniform(4.0, 6.0) * s
+        travel = rng.uniform(0.35, 0.5) * size
+        first = rng.integers(2) * 2 - 1  # +1: right, -1: left
+        second = first if name == "same_direction" else -first
+        for direction, y in ((first, rng.uniform(radius + 2, 0.22 * size)),
+                             (second, rng.uniform(0.78 * size, size - radius - 2))):
+            x0 = rng.uniform(radius + 2, size - radius - 2 - travel)
+            xs = x0 + travel * (t if direction > 0 else 1.0 - t)
+            for k in range(num_frames):
+                _draw_shape(canvas[k], shape, (xs[k], y), radius, colour)
         return np.clip(canvas, 0, 255).astype(np.uint8)
     else:  # flashing / steady: one object, brightness alternating between two levels, or constant
         radius = rng.uniform(6.0, 12.0) * s
@@ -200,7 +221,7 @@ def render_clip(label, *, num_frames=8, size=64, seed=0):
 def make_clips(num_per_class, *, num_frames=8, size=64, seed=0):
     """Renders a balanced set of clips: `num_per_class` clips of every class, in class-interleaved order.
 
-    Clip `i` (label `i % 10`) is rendered from the seed `[seed, i]`, so sets with different seeds are disjoint
+    Clip `i` (label `i % len(CLASSES)`) is rendered from the seed `[seed, i]`, so sets with different seeds are disjoint
     draws and a set is reproducible from its seed alone.
 
     Args:
@@ -210,12 +231,12 @@ def make_clips(num_per_class, *, num_frames=8, size=64, seed=0):
         seed: the set's seed (use different seeds for training and held-out sets). Defaults to `0`.
 
     Returns:
-        `(clips, labels)`: uint8 `(N, T, size, size, 3)` and int32 `(N,)`, with `N = 10 * num_per_class`.
+        `(clips, labels)`: uint8 `(N, T, size, size, 3)` and int32 `(N,)`, with `N = len(CLASSES) * num_per_class`.
 
     Example:
         >>> clips, labels = make_clips(2, seed=1)
         >>> clips.shape, labels.tolist()[:3]
-        ((20, 8, 64, 64, 3), [0, 1, 2])
+        ((24, 8, 64, 64, 3), [0, 1, 2])
     """
     num_per_class = _check_positive_int("num_per_class", num_per_class)
     count = num_per_class * len(CLASSES)

@@ -30,7 +30,7 @@ from nonlocal_zoo.synthetic import CLASSES, make_clips  # noqa: E402
 
 TRAIN_SEED, TEST_SEED = 1, 2  # renderer seeds of the training and held-out sets
 DESCRIPTIONS = {
-    "nl": "I3D-style miniature ResNet + 2 non-local blocks (res3, res4) -- the shipped model",
+    "nl": "miniature I3D ResNet + 2 dot-product non-local blocks (res3, res4): the shipped model",
     "i3d": "the same backbone without non-local blocks",
     "c2d": "per-frame C2D backbone (no temporal kernels, no non-local blocks)",
     "c2d_nl": "per-frame C2D backbone + the 2 non-local blocks",
@@ -42,7 +42,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--variants", nargs="+", default=["nl", "i3d", "c2d"], choices=sorted(DESCRIPTIONS),
                    help="models to train; 'nl' is the one shipped (default: nl i3d c2d)")
-    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--train-per-class", type=int, default=200, help="training clips per class (default: 200)")
     p.add_argument("--test-per-class", type=int, default=100, help="held-out clips per class (default: 100)")
     p.add_argument("--batch-size", type=int, default=32)
@@ -124,8 +124,8 @@ def main(argv=None):
                                                       if (argv if argv is not None else sys.argv[1:]) else "")
     record = {
         "name": demo.NAME,
-        "description": "miniature non-local I3D ResNet (2 embedded-Gaussian NL blocks) for 12 synthetic motion "
-                       "classes that need temporal reasoning",
+        "description": "miniature non-local I3D ResNet (3 stages, 2 dot-product NL blocks) for 12 synthetic "
+                       "motion classes that need temporal reasoning",
         "file": demo.WEIGHTS_FILE,
         "sha256": demo.sha256_of(weights),
         "file_bytes": os.path.getsize(weights),

@@ -25,6 +25,9 @@ def test_weights_file_matches_provenance_and_top_level_copy():
         assert os.path.samefile(os.path.join(top, demo.WEIGHTS_FILE), path)
         with open(os.path.join(top, demo.PROVENANCE_FILE), encoding="utf-8") as f:
             assert json.load(f)["sha256"] == record["sha256"]
+        with open(os.path.join(top, "README.md"), encoding="utf-8") as f:
+            text = f.read()
+        assert record["sha256"] in text and f"{100 * record['results'][demo.NAME]['accuracy']:.1f}%" in text
 
 
 def test_damaged_weights_are_refused(tmp_path, monkeypatch):
