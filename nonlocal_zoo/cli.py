@@ -15,6 +15,7 @@ import os
 import sys
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+_DEBUG = False  # set by --debug
 
 MODEL_HELP = "'demo' (the embedded motion model), a preset name (see `nonlocal-zoo list`) or a saved .keras model"
 WEIGHTS_HELP = ("weights of a preset: 'auto' (its published Kinetics-400 checkpoint, converted and cached on first "
@@ -30,7 +31,25 @@ def _print_json(value):
 
 
 def _quiet_tensorflow():
+    """Imports TensorFlow (and probes its devices) with the C++ start-up chatter kept off the terminal.
+
+    TensorFlow's native libraries log to file descriptor 2 before `TF_CPP_MIN_LOG_LEVEL` applies ("oneDNN custom
+    operations are on", "failed call to cuInit" on machines without a GPU); `--debug` shows it.
+    """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if _DEBUG or "tensorflow" in sys.modules or os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow":
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            import tensorflow as tf
+
+            tf.config.list_physical_devices()
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 # ---------------------------------------------------------------------------------------------------- handlers
@@ -63,7 +82,6 @@ def _cmd_info(args):
 
 
 def _load(args):
-    _quiet_tensorflow()
     from nonlocal_zoo.inference import load_model
 
     return load_model(args.model, weights=getattr(args, "weights", "auto"), preset=getattr(args, "preset", None),
@@ -131,7 +149,6 @@ def _cmd_download(args):
 
 
 def _cmd_export(args):
-    _quiet_tensorflow()
     from nonlocal_zoo.export import export_model
 
     from nonlocal_zoo.presets import PRESETS
@@ -173,7 +190,6 @@ def _cmd_attention(args):
 
 
 def _cmd_demo(args):
-    _quiet_tensorflow()
     from nonlocal_zoo.demo import run_demo
 
     run_demo(out_dir=args.out, num_clips=args.num_clips, seed=args.seed)
@@ -248,7 +264,7 @@ def build_parser(command=None):
     from nonlocal_zoo.version import __version__
 
     parser.add_argument("--version", action="version", version=f"nonlocal-zoo {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks and TensorFlow's start-up logs")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("list", help="list the model presets", description="List the model presets.")
@@ -363,6 +379,10 @@ def main(argv=None):
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
+    global _DEBUG
+    _DEBUG = args.debug
+    if args.command not in ("list", "info", "download", "benchmark"):
+        _quiet_tensorflow()
     try:
         return args.handler(args)
     except KeyboardInterrupt:
