@@ -16,7 +16,13 @@ $(STAMP): $(PY) setup.cfg pyproject.toml
 	$(PY) -m pip install --quiet -e ".[test]"
 	touch $(STAMP)
 
-demo: $(STAMP)
+# The demo needs only the package (no test extras such as torch); it runs offline once installed.
+DEMO_STAMP := $(VENV)/.demo-stamp
+$(DEMO_STAMP): $(PY) setup.cfg pyproject.toml
+	$(PY) -m pip install --quiet -e .
+	touch $(DEMO_STAMP)
+
+demo: $(DEMO_STAMP)
 	$(VENV)/bin/nonlocal-zoo demo
 
 test: $(STAMP)
