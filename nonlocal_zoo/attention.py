@@ -265,7 +265,9 @@ def attention_map(model, clip, query, *, block=None, preprocess=None):
         raise ValueError(f"`clip` must be (T, H, W, 3) frames. Received: shape={clip.shape}")
     query = tuple(int(v) for v in query)
     if len(query) != 3 or not all(0 <= q < n for q, n in zip(query, clip.shape[:3])):
-        raise ValueError(f"`query` must be (t, y, x) inside the clip of shape {clip.shape[:3]}. Received: query={query}")
+        raise ValueError(
+            f"`query` must be (t, y, x) inside the clip of shape {clip.shape[:3]}. Received: query={query}"
+        )
     layer = _select_block(model, block)
     inputs = clip.astype(np.float32) if preprocess is None else preprocess(clip)
     with _RecordInputs(layer) as record:

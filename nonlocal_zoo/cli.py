@@ -1,8 +1,8 @@
 """The `nonlocal-zoo` command line: argument parsing and dispatch only; the work is done by the library.
 
 Exit codes: 0 success, 1 failure of the environment (download, offline without the file, disk), 2 a usage mistake
-(bad argument, unknown model, unreadable video), 130 interrupted. Mistakes print one line, `error: ...`, without a traceback; `--debug`
-shows the traceback.
+(bad argument, unknown model, unreadable video), 130 interrupted. Mistakes print one line, `error: ...`, without a
+traceback; `--debug` shows the traceback.
 
 Example:
     $ nonlocal-zoo demo
@@ -112,7 +112,7 @@ def _cmd_evaluate(args):
     loaded = _load(args)
     result = evaluate(loaded.model, args.source, preset=loaded.preprocessing, num_clips=args.num_clips,
                       num_crops=args.num_crops, split=args.split, data_dir=args.data_dir, batch_size=args.batch_size,
-                      class_names=loaded.class_names, progress=not args.json)
+                      class_names=loaded.class_names, progress=sys.stderr.isatty() and not args.json)
     summary = {k: v for k, v in result.items() if k not in ("video_scores", "view_scores", "labels", "names")}
     if args.json:
         _print_json(summary)

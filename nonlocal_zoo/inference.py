@@ -159,7 +159,9 @@ def load_model(spec, *, weights="auto", preset=None, labels=None):
 
     close = difflib.get_close_matches(spec, ["demo", *PRESETS], n=3, cutoff=0.5)
     hint = f" Did you mean {close}?" if close else " See `nonlocal-zoo list`."
-    raise ValueError(f"Unknown model: not 'demo', a preset name or an existing .keras file.{hint} Received: model={spec!r}")
+    raise ValueError(
+        f"Unknown model: not 'demo', a preset name or an existing .keras file.{hint} Received: model={spec!r}"
+    )
 
 
 def predict_views(loaded, views, *, batch_size=8):

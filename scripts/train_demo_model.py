@@ -7,8 +7,9 @@ on the same held-out clips (a different renderer seed). The non-local model's we
 timings, versions) to `nonlocal_zoo/weights/demo_nl_motion.json`.
 
 Usage:
-    python scripts/train_demo_model.py                      # NL model + both baselines (about 10 min on 2 cores)
-    python scripts/train_demo_model.py --variants nl        # only the shipped model
+    python scripts/train_demo_model.py                      # NL model + both baselines (about 9 min on 2 cores)
+    python scripts/train_demo_model.py --variants nl        # only the shipped model (its record then lists no
+                                                            # baselines: the shipped record comes from the default)
     python scripts/train_demo_model.py --out /tmp/w         # somewhere else (e.g. to check reproducibility)
 """
 import argparse

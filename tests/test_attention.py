@@ -58,7 +58,10 @@ def _reference_weights(block, x, query):
         q, keys = x[t, y, w], _np_pool(x, pool)
     else:
         q = _dense(block.theta, x[t, y, w])
-        keys = _dense(block.phi, _np_pool(x, pool)) if block.pool_position == "input" else _np_pool(_dense(block.phi, x), pool)
+        if block.pool_position == "input":
+            keys = _dense(block.phi, _np_pool(x, pool))
+        else:
+            keys = _np_pool(_dense(block.phi, x), pool)
     grid = keys.shape[:3]
     keys = keys.reshape(-1, keys.shape[-1])
     if block.mode == "concatenate":
