@@ -57,3 +57,17 @@ def index_video(tmp_path):
         return path
 
     return make
+
+
+@pytest.fixture
+def zoo_home(tmp_path, monkeypatch):
+    """An empty NONLOCAL_ZOO_HOME cache, online mode, loopback without proxies, no retry back-off; returns its path."""
+    from nonlocal_zoo.pretrained import download
+
+    root = tmp_path / "zoo_home"
+    monkeypatch.setenv("NONLOCAL_ZOO_HOME", str(root))
+    monkeypatch.delenv("NONLOCAL_ZOO_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setattr(download, "RETRY_BACKOFF_S", 0.0)
+    return root

@@ -93,14 +93,8 @@ def server():
 
 
 @pytest.fixture(autouse=True)
-def home(tmp_path, monkeypatch):
-    root = tmp_path / "zoo_home"
-    monkeypatch.setenv("NONLOCAL_ZOO_HOME", str(root))
-    monkeypatch.delenv("NONLOCAL_ZOO_OFFLINE", raising=False)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    monkeypatch.setattr(download, "RETRY_BACKOFF_S", 0.0)
-    return root
+def home(zoo_home):
+    return zoo_home
 
 
 def _payload(size=300_000, seed=0):

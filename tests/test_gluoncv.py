@@ -24,7 +24,6 @@ from nonlocal_zoo.models import create_model
 from nonlocal_zoo.models.arch import feature_shapes
 from nonlocal_zoo.models.flops import count_params
 from nonlocal_zoo.presets import PRESETS, get_preset
-from nonlocal_zoo.pretrained import download
 from nonlocal_zoo.pretrained.convert import CheckpointMismatchError, assign_checkpoint, read_checkpoint
 from nonlocal_zoo.pretrained.download import ChecksumError
 from nonlocal_zoo.pretrained.loading import download_preset
@@ -50,13 +49,8 @@ def single_threaded_torch():
 
 
 @pytest.fixture(autouse=True)
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("NONLOCAL_ZOO_HOME", str(tmp_path / "zoo_home"))
-    monkeypatch.delenv("NONLOCAL_ZOO_OFFLINE", raising=False)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    monkeypatch.setattr(download, "RETRY_BACKOFF_S", 0.0)
-    return tmp_path / "zoo_home"
+def home(zoo_home):
+    return zoo_home
 
 
 class Checkpoint:

@@ -29,7 +29,7 @@ from tests.torch_references import (
 
 from nonlocal_zoo.models import create_model
 from nonlocal_zoo.presets import PRESETS
-from nonlocal_zoo.pretrained import download, loading
+from nonlocal_zoo.pretrained import loading
 from nonlocal_zoo.pretrained.convert import CONVERTER_VERSION
 from nonlocal_zoo.pretrained.download import ChecksumError, DownloadError, OfflineError
 from nonlocal_zoo.pretrained.loading import (
@@ -48,14 +48,8 @@ URL_PATH = "/video-nonlocal/i3d_nonlocal_8x8_IN_pretrain_400k.pkl"
 
 
 @pytest.fixture(autouse=True)
-def home(tmp_path, monkeypatch):
-    root = tmp_path / "zoo_home"
-    monkeypatch.setenv("NONLOCAL_ZOO_HOME", str(root))
-    monkeypatch.delenv("NONLOCAL_ZOO_OFFLINE", raising=False)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    monkeypatch.setattr(download, "RETRY_BACKOFF_S", 0.0)
-    return root
+def home(zoo_home):
+    return zoo_home
 
 
 class Upstream:
