@@ -34,6 +34,10 @@ _LAZY = {
     "decode_predictions": "nonlocal_zoo.pretrained",
     "push_to_hub": "nonlocal_zoo.pretrained",
     "evaluate": "nonlocal_zoo.evaluation",
+    "tasks": "nonlocal_zoo.tasks",
+    "VideoClassifier": "nonlocal_zoo.tasks",
+    "VideoClassifierPreprocessor": "nonlocal_zoo.tasks",
+    "NonLocalResNetBackbone": "nonlocal_zoo.tasks",
     "finetune": "nonlocal_zoo.training",
 }
 

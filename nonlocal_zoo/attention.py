@@ -415,14 +415,14 @@ def default_query(clip):
     return (t, int(y), int(x))
 
 
-def attention_for_video(loaded, video, *, query=None, block=None, out_dir="attention", top_k=DEFAULT_TOP_K):
+def attention_for_video(model, video, *, query=None, block=None, out_dir="attention", top_k=DEFAULT_TOP_K):
     """Attention map of a video file for a loaded model, written to `out_dir` (what `nonlocal-zoo attention` runs).
 
     The video is sampled and cropped into one clip by the model's test protocol (centre clip, centre crop);
     `query` is in that clip's coordinates.
 
     Args:
-        loaded: a `nonlocal_zoo.inference.LoadedModel`.
+        model: a `nonlocal_zoo.VideoClassifier` (its preprocessor makes the clip).
         video: a video path or uint8 `(F, H, W, 3)` frames.
         query: `(t, y, x)`; `None` uses `default_query`.
         block: block name or index; `None` is the last block.
@@ -432,10 +432,10 @@ def attention_for_video(loaded, video, *, query=None, block=None, out_dir="atten
     Returns:
         `(attention_map, {"png": path, "gif": path})`.
     """
-    clip = loaded.clips(video, num_clips=1, num_crops=1)[0]  # uint8 (T, S, S, 3)
+    clip = model.preprocessor.video_views(video, num_clips=1, num_crops=1)[0]  # uint8 (T, S, S, 3)
     if query is None:
         query = default_query(clip)
-    att = attention_map(loaded.model, clip, query, block=block, preprocess=loaded.normalize)
+    att = attention_map(model, clip, query, block=block, preprocess=model.preprocessor.normalize)
     return att, save_attention(att, out_dir, top_k=top_k)
 
 

@@ -17,7 +17,8 @@ import sys
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 _DEBUG = False  # set by --debug
 
-MODEL_HELP = "'demo' (the embedded motion model), a preset name (see `nonlocal-zoo list`) or a saved .keras model"
+MODEL_HELP = ("'demo' (the embedded motion model), a preset name (see `nonlocal-zoo list`), a preset directory "
+              "(e.g. a fine-tuning run's output), a saved .keras model or hf://org/repo")
 WEIGHTS_HELP = ("weights of a preset: 'auto' (its published Kinetics-400 checkpoint, converted and cached on first "
                 "use), 'none' (random), a weights file or hf://org/repo (default: auto)")
 
@@ -82,45 +83,93 @@ def _cmd_info(args):
 
 
 def _load(args):
+    """The VideoClassifier named by `--model` (+ `--weights`, `--preset`, `--labels`): the one resolver."""
     from nonlocal_zoo.inference import load_model
 
     return load_model(args.model, weights=getattr(args, "weights", "auto"), preset=getattr(args, "preset", None),
                       labels=getattr(args, "labels", None))
 
 
+def _check_video_path(path):
+    """A cheap check of a video argument before TensorFlow is imported: it must be an existing regular file."""
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise UsageError(f"No such video file: {path!r}") from None
+    except OSError as error:
+        raise UsageError(f"Cannot read video file {path!r}: {error.strerror}") from None
+    if stat.S_ISDIR(mode):
+        raise UsageError(f"{path!r} is a directory, not a video file")
+    if not stat.S_ISREG(mode):
+        kind = "a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else (
+            "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file")
+        raise UsageError(f"{path!r} is {kind}, not a video file")
+    if not os.access(path, os.R_OK):
+        raise UsageError(f"Cannot read video file {path!r}: permission denied")
+
+
+def _check_model_arg(args):
+    """Cheap checks of `--model`/`--weights`/`--labels` before TensorFlow is imported."""
+    from nonlocal_zoo.presets import PRESETS
+
+    model = args.model
+    if model not in PRESETS and not model.startswith("hf://") and not os.path.exists(model):
+        import difflib
+
+        close = difflib.get_close_matches(model, ["demo", *PRESETS], n=3, cutoff=0.5)
+        hint = f" Did you mean {close}?" if close else " See `nonlocal-zoo list`."
+        raise UsageError(f"Unknown model: not a preset name, a preset directory or an existing .keras file.{hint} "
+                         f"Received: --model {model!r}")
+    weights = getattr(args, "weights", "auto")
+    if weights not in (None, "auto", "none", "None", "kinetics400") and not str(weights).startswith("hf://") and \
+            not os.path.exists(weights):
+        raise UsageError(f"No such weights file: {weights!r} (expected auto, none, kinetics400, a file or hf://)")
+    labels = getattr(args, "labels", None)
+    if labels is not None and not os.path.isfile(labels):
+        raise UsageError(f"No such labels file: {labels!r}")
+
+
 def _cmd_classify(args):
     from nonlocal_zoo.inference import classify
 
-    for video in args.videos:
-        if not os.path.isfile(video):
-            raise UsageError(f"No such video file: {video!r}")
-    loaded = _load(args)
-    results = classify(loaded, args.videos, top_k=args.top_k, num_clips=args.num_clips, num_crops=args.num_crops)
+    model = _load(args)
+    results = classify(model, args.videos, top_k=min(args.top_k, model.num_classes), num_clips=args.num_clips,
+                       num_crops=args.num_crops)
+    failed = [r for r in results if "error" in r]
     if args.json:
         _print_json(results)
-        return EXIT_OK
-    for result in results:
-        print(f"{result['video']}  ({result['views']} view{'s' if result['views'] > 1 else ''})")
-        for rank, item in enumerate(result["top"], 1):
-            print(f"  {rank}. {item['label']:32s} {item['score']:.3f}")
-    return EXIT_OK
+    else:
+        for result in results:
+            if "error" in result:
+                print(f"{result['video']}  failed: {result['error']}")
+                continue
+            print(f"{result['video']}  ({result['views']} view{'s' if result['views'] > 1 else ''})")
+            for rank, item in enumerate(result["top"], 1):
+                print(f"  {rank}. {item['label']:32s} {item['score']:.3f}")
+    for result in failed:
+        print(f"error: {result['video']}: {result['error']}", file=sys.stderr)
+    return EXIT_FAILURE if failed else EXIT_OK
 
 
 def _cmd_evaluate(args):
     from nonlocal_zoo.evaluation import evaluate
 
-    loaded = _load(args)
-    result = evaluate(loaded.model, args.source, preset=loaded.preprocessing, num_clips=args.num_clips,
-                      num_crops=args.num_crops, split=args.split, data_dir=args.data_dir, batch_size=args.batch_size,
-                      class_names=loaded.class_names, progress=sys.stderr.isatty() and not args.json)
+    model = _load(args)
+    generic = [f"class_{i}" for i in range(model.num_classes)]
+    class_names = None if list(model.labels) == generic else list(model.labels)
+    result = evaluate(model, args.source, num_clips=args.num_clips, num_crops=args.num_crops, split=args.split,
+                      data_dir=args.data_dir, batch_size=args.batch_size, class_names=class_names,
+                      progress=sys.stderr.isatty() and not args.json)
     summary = {k: v for k, v in result.items() if k not in ("video_scores", "view_scores", "labels", "names")}
     if args.json:
         _print_json(summary)
         return EXIT_OK
     for key in sorted(k for k in summary if k.startswith(("video_top", "clip_top"))):
         print(f"{key:12s} {100 * summary[key]:.2f}%")
-    print(f"videos {summary['num_videos']}, views {summary['num_views']} ({summary['views_per_video']} per video), "
-          f"skipped {summary['num_skipped']}")
+    print(f"videos {summary['num_videos']}, views {summary['num_views']} ({summary['views_per_video']} per video, "
+          f"{summary['aggregation']} averaging), skipped {summary['num_skipped']}")
     for name, reason in summary.get("skipped", []):
         print(f"  skipped {name}: {reason}")
     return EXIT_OK
@@ -158,8 +207,8 @@ def _cmd_export(args):
         out = export_model(args.model, args.format, args.out, weights=weights, quantization=args.quantization,
                            overwrite=args.overwrite)
     else:
-        loaded = _load(args)
-        out = export_model(loaded.model, args.format, args.out, preset=loaded.preprocessing, labels=loaded.labels,
+        model = _load(args)
+        out = export_model(model, args.format, args.out, preset=model.preprocessor.config, labels=list(model.labels),
                            quantization=args.quantization, overwrite=args.overwrite)
     print(f"wrote {out}")
     return EXIT_OK
@@ -169,8 +218,6 @@ def _cmd_attention(args):
     from nonlocal_zoo.attention import attention_for_video, parse_query
 
     query = parse_query(args.query) if args.query is not None else None
-    if not os.path.isfile(args.video):
-        raise UsageError(f"No such video file: {args.video!r}")
     loaded = _load(args)
     att, paths = attention_for_video(loaded, args.video, query=query, block=args.block, out_dir=args.out,
                                      top_k=args.top_k)
@@ -221,11 +268,22 @@ def _positive_int(text):
     return value
 
 
+MAX_NUM_CLIPS = 100  # temporal views per video (the published protocol uses 10)
+
+
+def _num_clips(text):
+    value = _positive_int(text)
+    if value > MAX_NUM_CLIPS:
+        raise argparse.ArgumentTypeError(f"expected an integer from 1 to {MAX_NUM_CLIPS}, got {text!r}")
+    return value
+
+
 def _add_model_args(p, *, required=True):
     p.add_argument("--model", "-m", required=required, default=None if required else "demo", help=MODEL_HELP)
     p.add_argument("--weights", default="auto", help=WEIGHTS_HELP)
     p.add_argument("--preset", default=None,
-                   help="for a .keras model: the preset whose preprocessing to use (default: its own)")
+                   help="for a plain .keras model (not a VideoClassifier): the preset whose architecture and "
+                        "preprocessing it has")
     p.add_argument("--labels", default=None, help="text file of class names, one per line (default: from the model)")
 
 
@@ -284,7 +342,8 @@ def build_parser(command=None):
     p.add_argument("videos", nargs="+", metavar="VIDEO", help="video files")
     _add_model_args(p)
     p.add_argument("--top-k", "-k", type=_positive_int, default=5, help="labels per video (default: 5)")
-    p.add_argument("--num-clips", type=_positive_int, default=1, help="temporal views per video (default: 1)")
+    p.add_argument("--num-clips", type=_num_clips, default=1,
+                   help=f"temporal views per video, 1 to {MAX_NUM_CLIPS} (default: 1)")
     p.add_argument("--num-crops", type=int, choices=(1, 3), default=1, help="spatial crops per view (default: 1)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(handler=_cmd_classify)
@@ -293,7 +352,8 @@ def build_parser(command=None):
                        description="Clip- and video-level top-1/top-5 accuracy with multi-view testing.")
     p.add_argument("source", help="clip folder (<class>/*.mp4), CSV/list file or tfds:NAME")
     _add_model_args(p)
-    p.add_argument("--num-clips", type=_positive_int, default=10, help="temporal views per video (default: 10)")
+    p.add_argument("--num-clips", type=_num_clips, default=10,
+                   help=f"temporal views per video, 1 to {MAX_NUM_CLIPS} (default: 10)")
     p.add_argument("--num-crops", type=int, choices=(1, 3), default=3, help="spatial crops per view (default: 3)")
     p.add_argument("--split", default=None, help="split sub-folder or TFDS split")
     p.add_argument("--data-dir", default=None, help="TFDS data directory")
@@ -381,9 +441,10 @@ def main(argv=None):
         return EXIT_USAGE
     global _DEBUG
     _DEBUG = args.debug
-    if args.command not in ("list", "info", "download", "benchmark"):
-        _quiet_tensorflow()
     try:
+        _precheck(args)  # cheap mistakes are reported before TensorFlow is imported (seconds)
+        if args.command not in ("list", "info", "download", "benchmark"):
+            _quiet_tensorflow()
         return args.handler(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -394,6 +455,14 @@ def main(argv=None):
             raise
         print(f"error: {' '.join(str(error).split()) or type(error).__name__}", file=sys.stderr)
         return code
+
+
+def _precheck(args):
+    """Argument checks that need no TensorFlow: files named as videos, models, weights and labels."""
+    for path in getattr(args, "videos", None) or ([args.video] if getattr(args, "video", None) else []):
+        _check_video_path(path)
+    if getattr(args, "model", None) is not None and args.command in ("classify", "evaluate", "attention", "export"):
+        _check_model_arg(args)
 
 
 def _exit_code(error):

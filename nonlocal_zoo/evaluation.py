@@ -48,30 +48,73 @@ def _softmax(x):
     return e / e.sum(axis=-1, keepdims=True)
 
 
+def _logits_model(model):
+    """A model sharing `model`'s layers that outputs the logits of its `pred` layer (per location, averaged)."""
+    import keras
+
+    if hasattr(model, "logits_model"):
+        return model.logits_model()
+    try:
+        logits = model.get_layer("pred").output  # (B, C) or (B, T', H', W', C) for the fully-convolutional head
+    except (AttributeError, ValueError):
+        raise ValueError("aggregation='logits' needs the model's logits: pass a model whose outputs are logits "
+                         "(classifier_activation=None) with apply_softmax=False, or a model with a `pred` layer. "
+                         f"Received: {type(model).__name__}") from None
+    if len(logits.shape) == 5:
+        logits = keras.layers.GlobalAveragePooling3D()(logits)
+    return keras.Model(model.inputs, logits)
+
+
+def _view_score_fn(model, aggregation, apply_softmax):
+    """Per-view scores in the domain the rule averages: probabilities (`"softmax"`) or logits (`"logits"`)."""
+    if aggregation == "logits":
+        if apply_softmax:  # the model already outputs logits
+            network = model
+        elif getattr(model, "activation", "softmax") is None:
+            network = model
+        else:
+            network = _logits_model(model)
+        return getattr(network, "predict_on_batch", None) or network, False
+    if getattr(model, "activation", "softmax") is None and hasattr(model, "preprocessor"):
+        apply_softmax = True  # a VideoClassifier that outputs logits
+    return getattr(model, "predict_on_batch", None) or model, apply_softmax
+
+
+def aggregate_views(view_scores, aggregation):
+    """One probability row from the `(V, C)` scores of a video's views by a preset's `test_aggregation` rule:
+    `"softmax"` averages the per-view probabilities, `"logits"` averages the logits and then takes the softmax."""
+    mean = np.asarray(view_scores, np.float64).mean(axis=0)  # (C,)
+    return _softmax(mean) if aggregation == "logits" else mean
+
+
 def evaluate(model, source, *, preset=None, num_clips=10, num_crops=3, batch_size=None, max_batch_bytes=256 * 2**20,
-             apply_softmax=False, top_k=(1, 5), split=None, class_names=None, data_dir=None, on_error="skip",
-             num_workers=None, decode_options=None, return_predictions=False, progress=False,
+             apply_softmax=False, aggregation=None, top_k=(1, 5), split=None, class_names=None, data_dir=None,
+             on_error="skip", num_workers=None, decode_options=None, return_predictions=False, progress=False,
              extensions=VIDEO_EXTENSIONS, **overrides):
     """Multi-view testing of `model` over a clip source; returns clip-level and video-level top-k accuracy.
 
     Every video is decoded once (frame-exactly; the union of the frames of its clips), turned into
     `num_clips * num_crops` views by the preset's test protocol (`nonlocal_zoo.data.multiview_clips`), and the
-    views of consecutive videos are batched together under a memory cap. The model's outputs for the views of a
-    video are averaged (after a softmax when `apply_softmax`) to give the video's scores.
+    views of consecutive videos are batched together under a memory cap. The views' scores of a video are
+    aggregated by the protocol's `test_aggregation` rule: the mean of the per-view softmax probabilities
+    (`"softmax"`, the official, PySlowFast and mmaction2 protocols) or the softmax of the mean logits (`"logits"`,
+    gluon-cv's protocol).
 
     Args:
-        model: a Keras model (or any callable) mapping `(B, T, S, S, 3)` float32 clips to `(B, num_classes)`
-            scores: probabilities (the zoo's classifiers end with a softmax) or logits (see `apply_softmax`).
+        model: a `nonlocal_zoo.VideoClassifier` (its preprocessor is the default protocol), a Keras model or any
+            callable mapping `(B, T, S, S, 3)` float32 clips to `(B, num_classes)` scores: probabilities (the
+            zoo's classifiers end with a softmax) or logits (see `apply_softmax`).
         source: a clip folder, CSV/list file, `(path, label)` pairs or TFDS dataset, as in `make_dataset`.
         preset: None, a preset name or a preprocessing dict (clip length, stride, test resize and crop, mean/std,
-            index rules).
+            index rules). Defaults to the VideoClassifier's own preprocessing.
         num_clips: temporal views per video. Defaults to 10.
         num_crops: spatial views per clip, 1 (centre) or 3 (along the long side). Defaults to 3.
         batch_size: most views per forward pass. Defaults to as many as `max_batch_bytes` allows.
         max_batch_bytes: cap on the float32 input bytes of one forward pass. Defaults to 256 MiB.
-        apply_softmax: softmax each view's output before averaging (for models that output logits). Defaults to
-            False (average the outputs as they are: probabilities for the zoo's models, logits for gluon-cv's
-            protocol, which averages logits).
+        apply_softmax: the model outputs logits (softmax them per view for the `"softmax"` rule). Defaults to
+            False (the outputs are probabilities, as the zoo's classifiers give).
+        aggregation: `"softmax"` or `"logits"` (see above). Defaults to the protocol's `test_aggregation`. For
+            `"logits"` the logits are read from the model's `pred` layer when it outputs probabilities.
         top_k: the k of the reported accuracies. Defaults to (1, 5).
         split, class_names, data_dir, extensions: as in `make_dataset`.
         on_error: `"skip"` leaves out videos that fail to decode (listed in the result) or `"raise"`.
@@ -83,7 +126,7 @@ def evaluate(model, source, *, preset=None, num_clips=10, num_crops=3, batch_siz
 
     Returns:
         dict with `video_top{k}` and `clip_top{k}` (fractions in [0, 1]) for each k, `num_videos`, `num_views`
-        (views evaluated), `views_per_video`, `num_skipped`, `skipped` (`[(name, reason)]`), and with
+        (views evaluated), `views_per_video`, `aggregation`, `num_skipped`, `skipped` (`[(name, reason)]`), and with
         `return_predictions` also `video_scores` `(N, C)`, `view_scores` `(N, V, C)`, `labels` `(N,)`, `names`.
 
     Example:
@@ -102,8 +145,13 @@ def evaluate(model, source, *, preset=None, num_clips=10, num_crops=3, batch_siz
     top_k = tuple(int(k) for k in top_k)
     if not top_k or min(top_k) < 1:
         raise ValueError(f"`top_k` must be positive ints. Received: top_k={top_k!r}")
+    if preset is None and hasattr(model, "preprocessor"):
+        preset = model.preprocessor.config
     config = preprocessing.resolve_preprocessing(preset, test_num_clips=num_clips, test_num_crops=num_crops,
                                                  **overrides)
+    aggregation = aggregation or config["test_aggregation"]
+    if aggregation not in ("softmax", "logits"):
+        raise ValueError(f"`aggregation` must be 'softmax' or 'logits'. Received: aggregation={aggregation!r}")
     views_per_video = num_clips * num_crops
     view_bytes = 4 * config["num_frames"] * config["test_crop"] ** 2 * 3
     cap = max(1, int(max_batch_bytes) // view_bytes)
@@ -111,7 +159,7 @@ def evaluate(model, source, *, preset=None, num_clips=10, num_crops=3, batch_siz
     decode_options = {"num_threads": 1, **(decode_options or {})}
     num_workers = num_workers or os.cpu_count() or 1
 
-    predict = getattr(model, "predict_on_batch", None) or model
+    predict, apply_softmax = _view_score_fn(model, aggregation, apply_softmax)
 
     def load(item):
         video, label, name = item
@@ -168,7 +216,7 @@ def evaluate(model, source, *, preset=None, num_clips=10, num_crops=3, batch_siz
         for slot in sorted(done):
             per_view = np.concatenate(outputs.pop(slot))  # (V, C)
             view_scores[slot] = per_view
-            video_scores[slot] = per_view.mean(axis=0)
+            video_scores[slot] = aggregate_views(per_view, aggregation)
 
     bar = None
     if progress:
@@ -224,7 +272,7 @@ def evaluate(model, source, *, preset=None, num_clips=10, num_crops=3, batch_siz
         hits = _topk_hits(view_arr, np.repeat(labels_arr[:, None], views_per_video, axis=1), k)
         result[f"clip_top{k}"] = float(hits.mean())
     result.update({"num_videos": len(labels), "num_views": len(labels) * views_per_video,
-                   "views_per_video": views_per_video, "num_skipped": len(skipped), "skipped": skipped})
+                   "views_per_video": views_per_video, "aggregation": aggregation, "num_skipped": len(skipped), "skipped": skipped})
     if return_predictions:
         result.update({"video_scores": video_arr, "view_scores": view_arr, "labels": labels_arr, "names": names})
     return result
