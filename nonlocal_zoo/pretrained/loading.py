@@ -34,6 +34,7 @@ from nonlocal_zoo.pretrained.convert import (
     transfer_weights,
 )
 from nonlocal_zoo.pretrained.download import cache_dir, fetch, hash_file
+from nonlocal_zoo.pretrained.validate import preset_validator
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +64,8 @@ def download_preset(name, *, progress=True, offline=None):
     """Downloads (once) and verifies the upstream checkpoint of a preset; returns its cached path.
 
     Used by `nonlocal-zoo download NAME`. The file is checked against every hash the preset records (full
-    digests or the prefixes in mmaction2/gluon-cv file names) and re-verified on every later use.
+    digests or the prefixes in mmaction2/gluon-cv file names), parsed with its format's reader and checked for the
+    tensors of the preset's architecture (`validate.preset_validator`), and re-verified on every later use.
 
     Args:
         name: a preset with published weights (`nonlocal_zoo.list_models(pretrained=True)`).
@@ -80,7 +82,8 @@ def download_preset(name, *, progress=True, offline=None):
     w = _published_weights(name)
     hashes = {key: w.get(key) for key in _HASH_KEYS}
     return fetch(
-        w["url"], file_name=w["file_name"], subdir=DOWNLOADS_SUBDIR, progress=progress, offline=offline, **hashes
+        w["url"], file_name=w["file_name"], subdir=DOWNLOADS_SUBDIR, progress=progress, offline=offline,
+        validate=preset_validator(name), **hashes
     )
 
 
