@@ -20,6 +20,7 @@ import time
 
 import numpy as np
 
+from nonlocal_zoo.presets import DEMO_ARCH, DEMO_PREPROCESSING
 from nonlocal_zoo.synthetic import CLASSES, make_clips, render_clip, write_clip
 
 NAME = "demo_nl_motion"
@@ -28,65 +29,12 @@ PROVENANCE_FILE = f"{NAME}.json"
 NUM_FRAMES, SIZE = 8, 64
 INPUT_SHAPE = (NUM_FRAMES, SIZE, SIZE, 3)
 
-# A miniature I3D ResNet with the official layout, built by the zoo's own builder: three stages (res2-res4) of one
-# bottleneck each, widths 8-16-32 (x4 out), 3x1x1 inflated convs, pool2 halving time, and a dot-product non-local
-# block after res3 and after res4 (no key pooling: the maps are 8x8 and 4x4). Its convolutions see at most 43 px
-# of the 64 px frames; the non-local blocks see everything. Dot product is the instantiation with the best
-# accuracy in the paper's Table 2a.
-DEMO_ARCH = {
-    # Stem
-    "stem_width": 8,
-    "conv1_kernel": [3, 7, 7],
-    "conv1_strides": [1, 2, 2],
-    "pool1_size": [1, 3, 3],
-    "pool1_strides": [1, 2, 2],
-    "pool1_padding": [0, 1, 1],
-    "pool2_size": [2, 1, 1],
-    "pool2_strides": None,
-    # Stages
-    "stage_depths": [1, 1, 1],
-    "stage_widths": [8, 16, 32],
-    "stage_strides": [1, 2, 2],
-    "bottleneck_expansion": 4,
-    "temporal_kernels": [[3], [3], [3]],
-    # Non-local
-    "nonlocal_blocks": [[], [0], [0]],
-    "nonlocal_mode": "dot",
-    "nonlocal_compression": None,
-    "nonlocal_pool_position": "input",
-    "nonlocal_use_scale": True,
-    "nonlocal_use_bias": True,
-    "nonlocal_out_use_bias": None,
-    "nonlocal_normalization": "batch",
-    "nonlocal_temporal_group_sizes": [None, None, None],
-    "nonlocal_chunk_size": None,
-    # Normalization
-    "normalization": "batch",
-}
+# The architecture (a miniature I3D ResNet with two dot-product non-local blocks) and the test protocol of the demo
+# model are the registry's "demo" preset (`nonlocal_zoo.presets`).
 DROPOUT_RATE = 0.3
 # Classes of the demo's clips, in order (a varied first few; the first one gets the attention map).
 DEMO_ORDER = ("opposite_direction", "moving_right", "meeting", "rotating_clockwise", "approaching", "flashing",
               "same_direction", "moving_left", "separating", "rotating_counterclockwise", "receding", "steady")
-
-# Test protocol of the demo model for `nonlocal_zoo.data`: the 8 frames of a clip, resized so the short side is 64,
-# centre crop 64, official mean/std.
-DEMO_PREPROCESSING = {
-    "num_frames": NUM_FRAMES,
-    "sampling_rate": 1,
-    "mean": (114.75, 114.75, 114.75),
-    "std": (57.375, 57.375, 57.375),
-    "scale": 255.0,
-    "channel_order": "RGB",
-    "train_crop": SIZE,
-    "train_short_side_range": (SIZE, SIZE),
-    "test_short_side": SIZE,
-    "test_crop": SIZE,
-    "test_num_clips": 1,
-    "test_num_crops": 1,
-    # mmaction2's index rules: views spread evenly inside the video (the official rule wraps clips around the end,
-    # which scrambles the order of events in an 8-frame clip)
-    "sampling": "mmaction2",
-}
 
 
 def variant_arch(variant="nl"):
@@ -253,7 +201,8 @@ def run_demo(*, out_dir="demo_output", num_clips=5, seed=2018, print_fn=print):
         dict with `clips` (paths), `results` (per clip: `true`, `top`), `attention` (`png`, `gif`) and `seconds`.
     """
     from nonlocal_zoo.attention import attention_for_video
-    from nonlocal_zoo.inference import LoadedModel, classify
+    from nonlocal_zoo.inference import classify
+    from nonlocal_zoo.tasks import VideoClassifier
 
     start = time.perf_counter()
     clip_dir = os.path.join(out_dir, "clips")
@@ -270,11 +219,11 @@ def run_demo(*, out_dir="demo_output", num_clips=5, seed=2018, print_fn=print):
         truths.append(CLASSES[label])
     print_fn(f"Rendered {num_clips} synthetic motion clips (8 frames) to {clip_dir}/")
 
-    loaded = LoadedModel(load_demo_model(), dict(DEMO_PREPROCESSING), list(CLASSES), NAME)
+    model = VideoClassifier.from_preset("demo")  # the packaged weights, sha256-checked, with their protocol
     record = provenance()
     print_fn(f"Model: {NAME} ({record['params']:,} parameters, dot-product non-local blocks after res3 and res4; "
              f"{100 * record['results'][NAME]['accuracy']:.1f}% on held-out clips)")
-    results = classify(loaded, paths, top_k=3)
+    results = classify(model, paths, top_k=3)
     correct = 0
     for path, truth, result in zip(paths, truths, results):
         top = result["top"]
@@ -285,7 +234,7 @@ def run_demo(*, out_dir="demo_output", num_clips=5, seed=2018, print_fn=print):
             print_fn(f"  {rank}. {item['label']:28s} {item['score']:.3f}")
     print_fn(f"\n{correct}/{num_clips} clips correct.")
 
-    att, files = attention_for_video(loaded, paths[0], out_dir=out_dir)
+    att, files = attention_for_video(model, paths[0], out_dir=out_dir)
     t, y, x = att.query
     print_fn(f"\nAttention of block {att.block} for the query t={t}, y={y}, x={x} of {os.path.basename(paths[0])} "
              f"(white cross; circles = strongest keys):")

@@ -1,8 +1,13 @@
-"""Model cards and model tables generated from the preset registry (`nonlocal_zoo.presets.PRESETS`).
+"""Model cards, the licence map and the model tables, generated from the preset registry (`nonlocal_zoo.presets`).
+
+The one place for cards and licences:
 
 - `model_card(name)`: the Hugging Face model card (README.md with YAML front matter) of one preset: architecture,
-  source checkpoint and URL, licence, clip protocol, preprocessing, published accuracy and the converter parity
-  test that covers the preset's checkpoint format. `push_to_hub` uploads it; `nonlocal-zoo info` prints it.
+  source checkpoint and URL, licence, clip protocol, preprocessing, published accuracy and the parity test named in
+  the preset's registry entry. `nonlocal-zoo info` prints it.
+- `render_card(preset, ...)`: the card to upload or save with a model (`push_to_hub`, `save_to_preset`): the
+  preset's `model_card`, or a short card for a model of no preset.
+- `hub_license(licence)` / `HUB_LICENSES`: registry licence -> Hugging Face `license:` identifier.
 - `model_table()`: the README model table (name, source, clip protocol, params, MACs per view, published
   top-1/top-5, licence, load snippet).
 - `choice_table()`: accuracy against cost, sorted by compute, for `docs/choose_a_model.md`.
@@ -16,34 +21,29 @@ Example:
 """
 from nonlocal_zoo.presets import PRESETS, get_preset, list_models
 
-# Which test checks the conversion of each checkpoint format against an independent reference, and how.
-# tests/test_model_table.py checks that every file and test function named here exists.
-PARITY_TESTS = {
-    "caffe2_pkl": {
-        "test": "tests/test_convert_caffe2.py::test_official_caffe2_pkl",
-        "reference": "the official Caffe2 network (video-nonlocal-net resnet_video{,_org}.py) transcribed to PyTorch",
-    },
-    "pyslowfast_pkl": {
-        "test": "tests/test_convert_caffe2.py::test_pyslowfast_caffe2_pkl",
-        "reference": "pytorchvideo create_resnet + NonLocal (PySlowFast geometry), written as a Caffe2-format .pkl",
-    },
-    "pytorchvideo_pyth": {
-        "test": "tests/test_convert_torch.py::test_pyslowfast_and_pytorchvideo_state_dicts",
-        "reference": "pytorchvideo's own create_resnet, saved with its native state_dict as a .pyth checkpoint",
-    },
-    "mmaction2_pth": {
-        "test": "tests/test_convert_torch.py::test_mmaction2_state_dict",
-        "reference": "a module-for-module PyTorch transcription of mmaction2's Recognizer3D(ResNet3d) with mmcv's "
-                     "NonLocal3d, whose state_dict has mmaction2's names",
-    },
-    "gluoncv_pth": {
-        "test": "tests/test_gluoncv.py::test_converted_checkpoint_matches_reference",
-        "reference": "a PyTorch transcription of gluon-cv's I3D_ResNetV1 / NonLocal with gluon-cv's module names",
-    },
-}
-ARCHITECTURE_PARITY_TEST = {
-    "test": "tests/test_models_reference.py",
-    "reference": "pytorchvideo create_resnet + NonLocal blocks with the same weights",
+# What the parity test named in each preset entry (`PRESETS[name]["parity_test"]`) compares against.
+# tests/test_model_table.py checks that every preset's test is described here and that the test function exists.
+PARITY_REFERENCES = {
+    "tests/test_convert_caffe2.py::test_official_caffe2_pkl":
+        "the official Caffe2 network (video-nonlocal-net resnet_video{,_org}.py) transcribed to PyTorch",
+    "tests/test_convert_caffe2.py::test_pyslowfast_caffe2_pkl":
+        "pytorchvideo create_resnet + NonLocal (PySlowFast geometry), written as a Caffe2-format .pkl",
+    "tests/test_convert_torch.py::test_pyslowfast_and_pytorchvideo_state_dicts":
+        "pytorchvideo's own create_resnet, saved with its native state_dict as a .pyth checkpoint",
+    "tests/test_convert_torch.py::test_mmaction2_state_dict":
+        "a module-for-module PyTorch transcription of mmaction2's Recognizer3D(ResNet3d) with mmcv's NonLocal3d, "
+        "whose state_dict has mmaction2's names",
+    "tests/test_gluoncv.py::test_converted_checkpoint_matches_reference":
+        "a PyTorch transcription of gluon-cv's I3D_ResNetV1 / NonLocal with gluon-cv's module names",
+    "tests/test_models_reference.py::test_c2d_nl5_r50_paper_geometry_matches_pytorchvideo":
+        "pytorchvideo create_resnet + NonLocal blocks in the official C2D paper geometry, with the same weights",
+    "tests/test_models_reference.py::test_i3d_nl5_r101_official_rule_matches_pytorchvideo":
+        "pytorchvideo create_resnet + NonLocal blocks with the official ResNet-101 temporal-kernel and non-local "
+        "placement rules, with the same weights",
+    "tests/test_demo.py::test_demo_model_reaches_stated_held_out_accuracy":
+        "the held-out accuracy recorded in the demo weights' provenance (freshly rendered clips)",
+    "tests/test_presets.py::test_tiny_preset_builds_with_its_counts":
+        "the analytic parameter and MAC counter (no weights)",
 }
 PARITY_CRITERION = "logits max |diff| <= 1e-4 x max |logit| and the same top-1 class"
 
@@ -54,7 +54,22 @@ SOURCE_NAMES = {
     "open-mmlab/mmaction2": "mmaction2",
     "dmlc/gluon-cv": "gluon-cv",
 }
-HF_LICENCES = {"CC-BY-NC-4.0": "cc-by-nc-4.0", "Apache-2.0": "apache-2.0"}
+# The one licence map: registry licence -> Hugging Face `license:` identifier.
+HUB_LICENSES = {"CC-BY-NC-4.0": "cc-by-nc-4.0", "Apache-2.0": "apache-2.0", "MIT": "mit"}
+HF_LICENCES = HUB_LICENSES  # older name
+
+
+def hub_license(licence):
+    """The Hugging Face `license:` identifier of a registry licence, or `None` when it has none.
+
+    Args:
+        licence: a preset's `"licence"` (e.g. `"CC-BY-NC-4.0"`), or `None`.
+
+    Example:
+        >>> hub_license("CC-BY-NC-4.0")
+        'cc-by-nc-4.0'
+    """
+    return HUB_LICENSES.get(licence)
 
 
 def _source_name(preset):
@@ -162,35 +177,83 @@ def choice_table():
 # Model cards
 # ----------------------------------------------------------------------------------------------------------------------
 def parity_summary(name, parity=None):
-    """The parity line of a card: the converter test that covers the preset's checkpoint format, or `parity`.
+    """The parity line of a card: the parity test named in the preset's registry entry, or `parity`.
 
     Args:
         name: preset name.
-        parity: `None` (the registered test of the format), a string (used as is), or a dict of a measurement
+        parity: `None` (the registered test of the preset), a string (used as is), or a dict of a measurement
             (`max_abs_diff`, `max_rel_diff`, `top1_agreement`, `reference`, `test`, ... ; printed as given).
     """
     if isinstance(parity, str):
         return parity
-    weights = PRESETS[name]["weights"]
-    entry = ARCHITECTURE_PARITY_TEST if weights is None else PARITY_TESTS.get(weights["format"])
     if isinstance(parity, dict):
         measured = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in parity.items())
         return f"Measured on conversion: {measured}."
     if parity is not None:
         raise ValueError(f"`parity` must be None, a string or a dict. Received: parity={parity!r}")
-    if entry is None:
-        return "No parity test is registered for this checkpoint format."
+    preset = get_preset(name)
+    test, weights = preset["parity_test"], preset["weights"]
+    reference = PARITY_REFERENCES.get(test)
+    if reference is None:
+        return f"Checked by `{test}`."
+    if preset["metadata"]["internal"]:
+        return f"Checked against {reference} (`{test}`)."
     what = "architecture" if weights is None else f"`{weights['format']}` conversion"
-    return (f"The {what} is checked against {entry['reference']}: {PARITY_CRITERION} "
-            f"(`{entry['test']}`, random non-trivial weights on small inputs).")
+    return (f"The {what} is checked against {reference}: {PARITY_CRITERION} "
+            f"(`{test}`, random non-trivial weights on small inputs).")
 
 
-def model_card(preset_name, parity=None):
+def _macs_text(macs, *, total=False):
+    """"54.7 GMACs" (per view) or "1.64 TMACs" (all views); MMACs for the miniature models."""
+    if macs < 1e9:
+        return f"{macs / 1e6:.1f} MMACs"
+    return f"{macs / 1e12:.2f} TMACs" if total else f"{macs / 1e9:.1f} GMACs"
+
+
+def _front_matter(licence, *, kinetics=True):
+    front = ["---", "library_name: keras", "pipeline_tag: video-classification"]
+    if hub_license(licence):
+        front.append(f"license: {hub_license(licence)}")
+    front += ["tags:", "- video-classification", "- non-local", "- nonlocal_zoo", "- keras"]
+    if kinetics:
+        front.append("- kinetics-400")
+    return front + ["---"]
+
+
+def _usage(preset_name, preset, repo_id):
+    pre, internal = preset["preprocessing"], preset["metadata"]["internal"]
+    if internal or repo_id:
+        source = f"hf://{repo_id}" if repo_id else preset_name
+        return [
+            "import nonlocal_zoo",
+            "",
+            f"clf = nonlocal_zoo.VideoClassifier.from_preset(\"{source}\")",
+            "probs = clf.predict([\"video.mp4\"])  # one row of class probabilities per video (all test views)",
+            "print(clf.decode_predictions(probs, top=5))",
+        ]
+    load_weights = "None" if preset["weights"] is None else '"kinetics400"'
+    return [
+        "import nonlocal_zoo",
+        "",
+        f"model = nonlocal_zoo.create_model(\"{preset_name}\", weights={load_weights},",
+        f"                                  input_shape=({pre['num_frames']}, None, None, 3), "
+        f"fully_convolutional={bool(pre['test_fully_convolutional'])})",
+        f"views = nonlocal_zoo.data.multiview_clips(\"video.mp4\", preset=\"{preset_name}\")  # uint8 "
+        f"({pre['test_num_clips'] * pre['test_num_crops']}, {pre['num_frames']}, {pre['test_crop']}, "
+        f"{pre['test_crop']}, 3)",
+        f"probs = model.predict(nonlocal_zoo.preprocess_input(views, \"{preset_name}\")).mean(0, keepdims=True)",
+        "print(nonlocal_zoo.decode_predictions(probs, top=5))",
+    ]
+
+
+def model_card(preset_name, parity=None, *, repo_id=None):
     """The Hugging Face model card (Markdown with YAML front matter) of a preset.
 
     Args:
-        preset_name: a preset name (see `nonlocal_zoo.list_models()`).
-        parity: optional measured parity (see `parity_summary`); defaults to the registered converter test.
+        preset_name: a preset name (see `nonlocal_zoo.list_models(include_internal=True)`).
+        parity: optional measured parity (see `parity_summary`); defaults to the preset's registered parity test.
+        repo_id: the Hub repository the card is uploaded to (`"org/repo"`); the usage section then loads from
+            `hf://org/repo`.
 
     Returns:
         The card text.
@@ -206,15 +269,10 @@ def model_card(preset_name, parity=None):
     preset = get_preset(preset_name)
     info = model_info(preset_name)
     arch, pre, meta, weights = preset["arch"], preset["preprocessing"], preset["metadata"], preset["weights"]
-    licence = meta["licence"]
-    load_weights = "None" if weights is None else '"kinetics400"'
+    licence, kinetics = preset["licence"], preset["labels"] == "kinetics400"
     scaled = "x" if pre["scale"] == 255 else f"x / 255 * {pre['scale']:g}"
-    front = ["---", "library_name: keras", "pipeline_tag: video-classification"]
-    if licence in HF_LICENCES:
-        front.append(f"license: {HF_LICENCES[licence]}")
-    front += ["tags:", "- video-classification", "- non-local", "- nonlocal_zoo", "- keras", "- kinetics-400", "---"]
 
-    depth = 101 if len(arch["stage_depths"]) == 4 and arch["stage_depths"][2] == 23 else 50
+    depth = sum(arch["stage_depths"]) * 3 + 2
     temporal = "I3D" if arch["conv1_kernel"][0] > 1 else "C2D"
     blocks = info["nonlocal_blocks"]
     nl = (f"{len(blocks)} non-local blocks ({arch['nonlocal_mode']}, pooling {arch['nonlocal_pool_position']}, "
@@ -225,7 +283,9 @@ def model_card(preset_name, parity=None):
     top = "not published" if meta["top1"] is None else f"top-1 {_fmt_acc(meta['top1'])} %"
     if meta["top5"] is not None:
         top += f", top-5 {_fmt_acc(meta['top5'])} %"
-    lines = front + [
+    classes = ("the 400 Kinetics-400 classes" if kinetics else
+               f"{len(preset['labels'])} classes: {', '.join(preset['labels'])}")
+    lines = _front_matter(licence, kinetics=kinetics) + [
         "",
         f"# {preset_name}",
         "",
@@ -238,16 +298,21 @@ def model_card(preset_name, parity=None):
         f"- Stem: conv1 {'x'.join(map(str, arch['conv1_kernel']))} stride {tuple(arch['conv1_strides'])}; pool1 "
         f"{arch['pool1_size']} stride {arch['pool1_strides']} padding {arch['pool1_padding']}; pool2 "
         f"{arch['pool2_size']}. Normalization: {arch['normalization']}.",
+        f"- Head: {classes}.",
         f"- Parameters: {params['trainable']:,} trainable + {params['non_trainable']:,} BatchNorm statistics.",
-        f"- Compute: {info['macs_train_view'] / 1e9:.1f} GMACs per {pre['num_frames']}x{pre['train_crop']}x"
-        f"{pre['train_crop']} clip; {info['macs_test_view'] / 1e9:.1f} GMACs per {pre['test_crop']}x"
-        f"{pre['test_crop']} test view; {info['macs_test_total'] / 1e12:.2f} TMACs for the {info['test_views']} views.",
+        f"- Compute: {_macs_text(info['macs_train_view'])} per {pre['num_frames']}x{pre['train_crop']}x"
+        f"{pre['train_crop']} clip; {_macs_text(info['macs_test_view'])} per {pre['test_crop']}x"
+        f"{pre['test_crop']} test view; {_macs_text(info['macs_test_total'], total=True)} for the "
+        f"{info['test_views']} views.",
         "",
         "## Source checkpoint",
         "",
     ]
     if weights is None:
         lines.append("None: architecture only (no published weights). Load with `weights=None`.")
+    elif weights.get("package_file"):
+        lines.append(f"- File: `{weights['file_name']}`, shipped inside the nonlocal_zoo package (sha256 "
+                     f"`{weights['sha256']}`), trained here (`scripts/train_demo_model.py`).")
     else:
         hashes = ", ".join(f"{k} `{weights[k]}`" for k in ("sha256", "sha256_prefix", "sha1", "sha1_prefix")
                            if weights.get(k))
@@ -257,6 +322,18 @@ def model_card(preset_name, parity=None):
             "- Converted on the user's machine from the upstream file (`weights=\"kinetics400\"`); the converted "
             "weights carry the upstream licence.",
         ]
+    views = f"{pre['test_num_clips']}x{pre['test_num_crops']} views"
+    if meta["top1"] is not None:
+        accuracy = [
+            "## Published accuracy (Kinetics-400 validation)",
+            "",
+            f"{top} ({views}, as reported by {meta['source']}). "
+            "Numbers are the source's; they were not re-measured here (the dataset is not redistributable).",
+        ]
+    elif kinetics:
+        accuracy = ["## Published accuracy (Kinetics-400 validation)", "", "Not published (architecture only)."]
+    else:
+        accuracy = ["## Accuracy", "", "No Kinetics-400 accuracy (not a Kinetics-400 model); see the description."]
     lines += [
         "",
         "## Licence",
@@ -275,11 +352,7 @@ def model_card(preset_name, parity=None):
         f"crops of {pre['test_crop']}, {pre['test_aggregation']} averaged over the views"
         + (", fully-convolutional head (per-location softmax averaged)." if pre["test_fully_convolutional"] else "."),
         "",
-        "## Published accuracy (Kinetics-400 validation)",
-        "",
-        (f"{top} ({pre['test_num_clips']}x{pre['test_num_crops']} views, as reported by {meta['source']}). "
-         "Numbers are the source's; they were not re-measured here (the dataset is not redistributable)."
-         if meta["top1"] is not None else "Not published (architecture only)."),
+        *accuracy,
         "",
         "## Parity",
         "",
@@ -288,16 +361,7 @@ def model_card(preset_name, parity=None):
         "## Usage",
         "",
         "```python",
-        "import nonlocal_zoo",
-        "",
-        f"model = nonlocal_zoo.create_model(\"{preset_name}\", weights={load_weights},",
-        f"                                  input_shape=({pre['num_frames']}, None, None, 3), "
-        f"fully_convolutional={bool(pre['test_fully_convolutional'])})",
-        f"views = nonlocal_zoo.data.multiview_clips(\"video.mp4\", preset=\"{preset_name}\")  # uint8 "
-        f"({pre['test_num_clips'] * pre['test_num_crops']}, {pre['num_frames']}, {pre['test_crop']}, "
-        f"{pre['test_crop']}, 3)",
-        f"probs = model.predict(nonlocal_zoo.preprocess_input(views, \"{preset_name}\")).mean(0, keepdims=True)",
-        "print(nonlocal_zoo.decode_predictions(probs, top=5))",
+        *_usage(preset_name, preset, repo_id),
         "```",
         "",
         "## Citation",
@@ -313,6 +377,45 @@ def model_card(preset_name, parity=None):
         "",
     ]
     return "\n".join(lines)
+
+
+def render_card(preset=None, *, model_name=None, repo_id=None, parity=None, labels=None, licence=None):
+    """The model card to upload or save with a model: the preset's full card, or a short generic one.
+
+    The one card generator for `push_to_hub` and `save_to_preset`: with a registry preset it is `model_card`;
+    a model built from no preset (e.g. a fine-tuned head) gets a short card with its name, classes and licence.
+
+    Args:
+        preset: a registry preset name, or `None`.
+        model_name: the model's name (the card title without a preset).
+        repo_id: the Hub repository (`"org/repo"`) the card goes to, for the usage snippet.
+        parity: optional measured parity (see `parity_summary`).
+        labels: class names of a model without a preset (listed in the card).
+        licence: licence of a model without a preset (e.g. inherited from the weights it was fine-tuned from).
+
+    Returns:
+        The card text (Markdown with YAML front matter).
+
+    Example:
+        >>> render_card("i3d_nl5_r50_32x2_kinetics400").startswith("---")
+        True
+        >>> "license: apache-2.0" in render_card(model_name="my_model", licence="Apache-2.0")
+        True
+    """
+    if preset is not None:
+        return model_card(preset, parity=parity, repo_id=repo_id)
+    title = model_name or "nonlocal_zoo model"
+    lines = _front_matter(licence, kinetics=False) + ["", f"# {title}", "", "Keras model built with nonlocal_zoo."]
+    if labels:
+        lines += ["", f"Classes ({len(labels)}): {', '.join(map(str, labels))}."]
+    if licence:
+        lines += ["", f"Licence: {licence}."]
+    if parity is not None:
+        lines += ["", parity_summary(None, parity)]
+    if repo_id:
+        lines += ["", "```python", "import nonlocal_zoo", "",
+                  f"clf = nonlocal_zoo.VideoClassifier.from_preset(\"hf://{repo_id}\")", "```"]
+    return "\n".join(lines) + "\n"
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -26,20 +26,9 @@ import math
 
 import numpy as np
 
-CLASSES = (
-    "moving_left",
-    "moving_right",
-    "rotating_clockwise",
-    "rotating_counterclockwise",
-    "approaching",
-    "receding",
-    "meeting",
-    "separating",
-    "flashing",
-    "steady",
-    "same_direction",
-    "opposite_direction",
-)
+from nonlocal_zoo.presets import DEMO_CLASSES  # the output order of the demo model
+
+CLASSES = DEMO_CLASSES
 """Class names, in label order."""
 
 SHAPES = ("circle", "square", "triangle")

@@ -69,15 +69,19 @@ def test_replace_between_markers():
         model_cards.replace_between_markers(text, "x", "new")
 
 
-def test_every_checkpoint_format_has_an_existing_parity_test():
-    formats = {p["weights"]["format"] for p in PRESETS.values() if p["weights"] is not None}
-    assert formats <= set(model_cards.PARITY_TESTS)
-    for entry in [*model_cards.PARITY_TESTS.values(), model_cards.ARCHITECTURE_PARITY_TEST]:
-        path, _, function = entry["test"].partition("::")
-        source = (ROOT / path).read_text()
+@pytest.mark.parametrize("name", list_models(include_internal=True))
+def test_every_preset_names_an_existing_described_parity_test(name):
+    test = PRESETS[name]["parity_test"]
+    assert test in model_cards.PARITY_REFERENCES  # the card can say what it compares against
+    path, _, function = test.partition("::")
+    source = (ROOT / path).read_text()
+    assert re.search(rf"^def {function}\(", source, re.MULTILINE), test
+    if name not in ("demo", "tiny_nl_i3d"):  # a numerical comparison at the card's stated tolerance
         assert "1e-4" in source or "assert_logits_match" in source or "assert_close" in source, path
-        if function:
-            assert re.search(rf"^def {function}\(", source, re.MULTILINE), entry["test"]
+
+
+def test_parity_references_are_all_used():
+    assert set(model_cards.PARITY_REFERENCES) == {p["parity_test"] for p in PRESETS.values()}
 
 
 @pytest.mark.parametrize("name", list_models())
@@ -91,13 +95,13 @@ def test_model_card(name):
     assert f"{count_params(preset['arch'])['trainable']:,} trainable" in card
     assert f"{pre['num_frames']} RGB frames every {pre['sampling_rate']} frames ({pre['sampling']} sampling)" in card
     assert ", ".join(f"{m:g}" for m in pre["mean"]) in card and ", ".join(f"{s:g}" for s in pre["std"]) in card
+    assert f"`{preset['parity_test']}`" in card
+    assert "kinetics-400" in front["tags"]
     if weights is None:
         assert "architecture only" in card and "license" not in front
-        assert model_cards.ARCHITECTURE_PARITY_TEST["test"] in card
     else:
         assert weights["url"] in card and weights["file_name"] in card
         assert front["license"] == {"CC-BY-NC-4.0": "cc-by-nc-4.0", "Apache-2.0": "apache-2.0"}[weights["licence"]]
-        assert model_cards.PARITY_TESTS[weights["format"]]["test"] in card
         assert f"top-1 {model_cards._fmt_acc(meta['top1'])} %" in card
         if meta["top5"] is not None:
             assert f"top-5 {model_cards._fmt_acc(meta['top5'])} %" in card
@@ -114,6 +118,36 @@ def test_model_card_with_measured_parity_and_bad_input():
         model_cards.model_card("i3d_r50", parity=3)
     with pytest.raises(ValueError, match="Unknown preset"):
         model_cards.model_card("i3d_nl5_r50_kinetics")
+
+
+def test_internal_preset_cards():
+    demo = model_cards.model_card("demo")
+    front = yaml.safe_load(demo.split("---")[1])
+    assert front["license"] == "apache-2.0" and "kinetics-400" not in front["tags"]
+    assert "12 classes: moving_left, moving_right," in demo and "83,876 trainable" in demo
+    assert PRESETS["demo"]["weights"]["sha256"] in demo and "shipped inside the nonlocal_zoo package" in demo
+    assert 'VideoClassifier.from_preset("demo")' in demo
+    tiny = model_cards.model_card("tiny_nl_i3d")
+    assert "license" not in yaml.safe_load(tiny.split("---")[1]) and "architecture only" in tiny
+    assert "5 classes: class_0" in tiny and "MMACs per 32x32 test view" in tiny
+
+
+def test_licence_map_and_render_card():
+    assert model_cards.hub_license("CC-BY-NC-4.0") == "cc-by-nc-4.0"
+    assert model_cards.hub_license("Apache-2.0") == "apache-2.0"
+    assert model_cards.hub_license(None) is None and model_cards.hub_license("custom") is None
+    for preset in PRESETS.values():  # every licence of the registry has a Hub identifier
+        assert preset["licence"] is None or model_cards.hub_license(preset["licence"])
+    name = "i3d_nl5_r50_8x8_kinetics400_pyslowfast"
+    assert model_cards.render_card(name) == model_cards.model_card(name)
+    hub = model_cards.render_card(name, repo_id="me/i3d", parity={"max_rel_diff": 2e-6})
+    assert 'from_preset("hf://me/i3d")' in hub and "Measured on conversion: max_rel_diff 2e-06." in hub
+    card = model_cards.render_card(model_name="my_finetuned", labels=["cat", "dog"], licence="CC-BY-NC-4.0",
+                                   repo_id="me/pets")
+    front = yaml.safe_load(card.split("---")[1])
+    assert front["license"] == "cc-by-nc-4.0" and front["library_name"] == "keras"
+    assert "# my_finetuned" in card and "Classes (2): cat, dog." in card and "hf://me/pets" in card
+    assert "license" not in yaml.safe_load(model_cards.render_card(model_name="m").split("---")[1])
 
 
 def test_render_script_check_mode(tmp_path, monkeypatch):

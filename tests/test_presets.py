@@ -1,15 +1,22 @@
 """The preset registry: names of DESIGN.md §4, architecture flags per source (research/architecture.md,
 research/gluoncv.md), weights provenance, preprocessing, metadata counts, the analytic counter against published
-figures, factories, and every preset building with `weights=None`."""
+figures, factories, every preset building with `weights=None`; one keyword entry per preset carrying its labels,
+factory call, parity test and licence; the demo and tiny presets."""
+import ast
+import hashlib
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from nonlocal_zoo.models import FACTORIES, FACTORY_PRESETS, create_model, factory_preset, format_info, model_info
 from nonlocal_zoo.models.flops import count_macs, count_params
-from nonlocal_zoo.presets import PRESETS, get_preset, list_models
+from nonlocal_zoo import presets
+from nonlocal_zoo.presets import PRESETS, get_preset, list_models, num_classes
+
+ROOT = Path(__file__).resolve().parent.parent
 
 # DESIGN.md §4, verbatim.
 PRETRAINED = [
@@ -27,6 +34,8 @@ PRETRAINED = [
 ]
 ARCH_ONLY = ["c2d_r50", "c2d_r101", "i3d_r50", "i3d_r101", "c2d_nl5_r50", "c2d_nl5_r101", "i3d_nl5_r50",
              "i3d_nl5_r101", "c2d_nl10_r50", "i3d_nl10_r50"]
+INTERNAL = ["demo", "tiny_nl_i3d"]
+ZOO = sorted(PRETRAINED + ARCH_ONLY)  # the Kinetics-400 model zoo: every per-source check below runs on these
 
 
 def source_of(name):
@@ -41,6 +50,10 @@ def test_names_are_the_design_names():
     assert sorted(list_models(pretrained=True)) == sorted(PRETRAINED)
     assert sorted(list_models()) == sorted(PRETRAINED + ARCH_ONLY)
     assert list_models() == sorted(list_models())
+    # The demo model and the tiny test architecture are presets too, listed only on request.
+    assert list_models(include_internal=True) == sorted(ZOO + INTERNAL)
+    assert list_models(pretrained=True, include_internal=True) == sorted(PRETRAINED + ["demo"])
+    assert sorted(PRESETS) == sorted(ZOO + INTERNAL)
 
 
 def test_get_preset_unknown_name_lists_close_matches():
@@ -56,24 +69,29 @@ def test_get_preset_unknown_name_lists_close_matches():
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_preset_structure(name):
     preset = PRESETS[name]
-    json.dumps(preset)  # JSON-able
-    assert set(preset) == {"arch", "weights", "preprocessing", "metadata"}
+    assert json.loads(json.dumps(preset)) == preset  # JSON-able, no tuples
+    assert set(preset) == {"arch", "weights", "preprocessing", "metadata", "labels", "factory", "parity_test",
+                           "licence"}
     assert {"num_frames", "sampling_rate", "mean", "std", "scale", "channel_order", "train_crop",
             "train_short_side_range", "test_short_side", "test_crop", "test_num_clips", "test_num_crops", "sampling",
             "test_aggregation"} <= set(preset["preprocessing"])
     assert {"description", "top1", "top5", "params", "macs", "paper", "licence", "source"} <= set(preset["metadata"])
     weights = preset["weights"]
-    if name in ARCH_ONLY:
+    if name in ARCH_ONLY or name == "tiny_nl_i3d":
         assert weights is None and preset["metadata"]["top1"] is None
         return
     assert {"format", "url", "file_name", "sha256", "sha256_prefix", "sha1", "sha1_prefix", "licence",
-            "source"} <= set(weights)
+            "source", "package_file"} <= set(weights)
+    if name == "demo":
+        assert weights["package_file"] and weights["url"] is None and weights["format"] == "keras_weights_h5"
+        return
+    assert weights["package_file"] is False
     assert weights["url"].startswith("https://") and weights["url"].endswith("/" + weights["file_name"])
     assert 60 < preset["metadata"]["top1"] < 80
 
 
 # ---------------------------------------------------------------------------------------------- architecture per source
-@pytest.mark.parametrize("name", sorted(PRESETS))
+@pytest.mark.parametrize("name", ZOO)
 def test_architecture_flags_per_source(name):
     arch, pre = PRESETS[name]["arch"], PRESETS[name]["preprocessing"]
     source = source_of(name)
@@ -159,7 +177,7 @@ def test_weights_provenance(name):
         assert weights["file_name"] == f"{name[:3]}_{kind}_{clip}_{init}_pretrain_400k.pkl"
 
 
-@pytest.mark.parametrize("name", sorted(PRESETS))
+@pytest.mark.parametrize("name", ZOO)
 def test_preprocessing_per_source(name):
     pre, source = PRESETS[name]["preprocessing"], source_of(name)
     assert pre["channel_order"] == "RGB" and pre["scale"] == 255.0
@@ -179,11 +197,13 @@ def test_preprocessing_per_source(name):
 # ---------------------------------------------------------------------------------------------- counts
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_metadata_counts_equal_the_analytic_counter(name):
+    # params/MACs are written in each registry entry as data; the counter recomputes them from the architecture.
     preset = PRESETS[name]
-    pre = preset["preprocessing"]
-    assert preset["metadata"]["params"] == count_params(preset["arch"])["trainable"]
+    pre, classes = preset["preprocessing"], num_classes(name)
+    assert classes == (400 if name in ZOO else len(preset["labels"]))
+    assert preset["metadata"]["params"] == count_params(preset["arch"], classes=classes)["trainable"]
     view = (pre["num_frames"], pre["test_crop"], pre["test_crop"], 3)
-    assert preset["metadata"]["macs"] == count_macs(preset["arch"], view)["total"]
+    assert preset["metadata"]["macs"] == count_macs(preset["arch"], view, classes=classes)["total"]
 
 
 @pytest.mark.parametrize("name, crop, expected", [
@@ -228,6 +248,7 @@ def test_factories_reach_every_pretrained_preset():
     reachable = {preset for table in FACTORY_PRESETS.values() for preset in table.values()}
     assert reachable <= set(PRESETS)
     assert set(PRETRAINED) <= reachable
+    assert reachable == {name for name, preset in PRESETS.items() if preset["factory"]}  # read from the registry
     assert set(FACTORIES) == {"nl_resnet50_3d", "nl_resnet101_3d", "nl_c2d_resnet50", "nl_c2d_resnet101",
                               "i3d_resnet50", "i3d_resnet101", "c2d_resnet50", "c2d_resnet101"}
     assert factory_preset("nl_resnet50_3d") == "i3d_nl5_r50_32x2_kinetics400"
@@ -239,6 +260,107 @@ def test_factories_reach_every_pretrained_preset():
         factory_preset("c2d_resnet50", source="mmaction2")
     for name, factory in FACTORIES.items():
         assert factory.__name__ == name and "Args:" in factory.__doc__
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_entry_labels_factory_parity_test_and_licence(name):
+    preset = PRESETS[name]
+    assert preset["labels"] == "kinetics400" if name in ZOO else isinstance(preset["labels"], list)
+    # One licence per entry, repeated where older readers look for it; only weights carry one.
+    licence = preset["licence"]
+    assert preset["metadata"]["licence"] == licence
+    assert (licence is None) == (preset["weights"] is None)
+    if preset["weights"] is not None:
+        assert preset["weights"]["licence"] == licence in ("CC-BY-NC-4.0", "Apache-2.0")
+    # The factory call written in the entry builds this preset.
+    factory = preset["factory"]
+    if factory is not None:
+        assert factory_preset(factory["function"], **factory["arguments"]) == name
+        assert FACTORIES[factory["function"]].__doc__.count(f"`{name}`") == 1
+    else:
+        assert name not in {p for table in FACTORY_PRESETS.values() for p in table.values()}
+    # The parity test named in the entry exists.
+    path, _, function = preset["parity_test"].partition("::")
+    source = (ROOT / path).read_text(encoding="utf-8")
+    assert re.search(rf"^def {function}\(", source, re.MULTILINE), preset["parity_test"]
+
+
+def test_every_preset_is_one_keyword_entry_with_counts_as_data():
+    tree = ast.parse((ROOT / "nonlocal_zoo" / "presets.py").read_text(encoding="utf-8"))
+    entries = next(node.value for node in tree.body
+                   if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "_ENTRIES")
+    names = []
+    for call in entries.elts:
+        assert isinstance(call, ast.Call) and call.func.id == "Preset" and not call.args  # keywords only
+        fields = {keyword.arg: keyword.value for keyword in call.keywords}
+        assert {"name", "description", "arch", "preprocessing", "labels", "licence", "parity_test", "params",
+                "macs"} <= set(fields)
+        for key in ("name", "params", "macs"):  # written as data, not computed or patched in later
+            assert isinstance(fields[key], ast.Constant), (fields["name"].value, key)
+        names.append(fields["name"].value)
+    assert sorted(names) == sorted(PRESETS) and len(names) == len(set(names))
+
+
+def test_num_classes_and_unknown_label_sets():
+    assert num_classes("i3d_nl5_r50_32x2_kinetics400") == 400
+    assert num_classes("demo") == 12 and num_classes(get_preset("tiny_nl_i3d")) == 5
+    with pytest.raises(ValueError, match="labels='kinetics700'"):
+        num_classes({"labels": "kinetics700"})
+    with pytest.raises(ValueError, match="Unknown preset"):
+        num_classes("no_such_preset")
+    with pytest.raises(ValueError, match="labels"):
+        presets.Preset(name="x", description="x", arch={}, preprocessing={}, labels="imagenet", licence=None,
+                       source="x", parity_test="tests/x.py::test_x", params=1, macs=1)
+    with pytest.raises(ValueError, match="licence"):
+        presets.Preset(name="x", description="x", arch={}, preprocessing={}, labels=["a"], licence="MIT",
+                       source="x", parity_test="tests/x.py::test_x", params=1, macs=1)
+
+
+# ---------------------------------------------------------------------------------------------- demo and tiny presets
+def test_demo_preset_is_the_shipped_demo_model():
+    from nonlocal_zoo import demo, synthetic
+
+    preset, record = get_preset("demo"), demo.provenance()
+    assert preset["arch"] == record["arch"] == demo.variant_arch("nl") == demo.DEMO_ARCH
+    assert preset["labels"] == record["classes"] == list(synthetic.CLASSES)  # the head's output order
+    assert preset["preprocessing"] == demo.DEMO_PREPROCESSING
+    pre = preset["preprocessing"]
+    assert [pre["num_frames"], pre["test_crop"], pre["test_crop"], 3] == record["input_shape"]
+    weights = preset["weights"]
+    assert weights["file_name"] == demo.WEIGHTS_FILE and weights["licence"] == "Apache-2.0"
+    digest = hashlib.sha256(Path(demo.weights_path()).read_bytes()).hexdigest()
+    assert weights["sha256"] == record["sha256"] == digest
+    assert count_params(preset["arch"], classes=12)["total"] == record["params"]
+
+
+def test_demo_preset_alone_rebuilds_the_demo_model():
+    """The registry entry is enough: create_model("demo") takes the shipped weights and gives the demo's scores."""
+    from nonlocal_zoo import demo
+
+    pre = get_preset("demo")["preprocessing"]
+    model = create_model("demo", input_shape=(pre["num_frames"], pre["test_crop"], pre["test_crop"], 3))
+    model.load_weights(demo.weights_path())
+    clips = np.stack([demo.demo_clip(label) for label in ("moving_left", "flashing", "meeting")])
+    x = demo.preprocess_clips(clips)
+    expected = np.asarray(demo.load_demo_model()(x, training=False))
+    np.testing.assert_allclose(np.asarray(model(x, training=False)), expected, rtol=1e-5, atol=1e-6)
+    assert expected.argmax(-1).tolist() == [get_preset("demo")["labels"].index(c)
+                                            for c in ("moving_left", "flashing", "meeting")]
+
+
+def test_tiny_preset_builds_with_its_counts():
+    preset = get_preset("tiny_nl_i3d")
+    pre, meta = preset["preprocessing"], preset["metadata"]
+    shape = (pre["num_frames"], pre["test_crop"], pre["test_crop"], 3)
+    model = create_model("tiny_nl_i3d", input_shape=shape, classifier_activation=None)
+    assert model.output.shape == (None, len(preset["labels"])) == (None, 5)
+    assert sum(int(np.prod(w.shape)) for w in model.trainable_weights) == meta["params"] < 50_000
+    assert [layer.name for layer in model.layers if layer.name.startswith("nonlocal")] == [
+        "nonlocal_conv3_0", "nonlocal_conv4_0"]
+    info = model_info("tiny_nl_i3d")
+    assert info["params"]["trainable"] == meta["params"] and info["macs_test_view"] == meta["macs"]
+    logits = np.asarray(model(np.random.default_rng(0).standard_normal((2, *shape)).astype("float32")))
+    assert logits.shape == (2, 5) and np.isfinite(logits).all()
 
 
 # ---------------------------------------------------------------------------------------------- every preset builds
@@ -275,6 +397,6 @@ def test_representative_presets_build_and_run(name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(set(PRESETS) - set(REPRESENTATIVE)))
+@pytest.mark.parametrize("name", sorted(set(ZOO) - set(REPRESENTATIVE)))
 def test_every_preset_builds_and_runs(name):
     check_builds(name)

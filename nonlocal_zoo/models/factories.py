@@ -10,7 +10,7 @@ import keras
 from nonlocal_zoo.models.arch import WEIGHT_NEUTRAL_KEYS, feature_shapes, normalize_arch, validate_input_shape
 from nonlocal_zoo.models.backbone import apply_backbone, make_input
 from nonlocal_zoo.models.classifier import ACTIVATIONS_WITH_WEIGHTS, apply_head
-from nonlocal_zoo.presets import PRESETS, get_preset
+from nonlocal_zoo.presets import PRESETS, get_preset, num_classes
 
 KINETICS400_CLASSES = 400
 PRETRAINED_WEIGHTS = "kinetics400"
@@ -73,9 +73,10 @@ def create_model(
         input_shape: `(frames, height, width, channels)`; `None` entries allowed. Defaults to
             `(num_frames, 224, 224, 3)` of the preset, or `(num_frames, None, None, 3)` when `fully_convolutional`.
         pooling: without the top: `None` (the 5-D res5 map), `"avg"` or `"max"` (global pooling).
-        classes: number of classes of `pred`. Defaults to 400. With `weights="kinetics400"` and `include_top`, it
-            must be 400 (use `include_top=False` and `add_classifier_head` to fine-tune on other classes); a weights
-            file may hold another head.
+        classes: number of classes of `pred`. Defaults to the number of the preset's labels (400 for the
+            Kinetics-400 presets). With `weights="kinetics400"` and `include_top`, it must be 400 (use
+            `include_top=False` and `add_classifier_head` to fine-tune on other classes); a weights file may hold
+            another head.
         classifier_activation: `"softmax"` or `None` (logits); any Keras activation without weights.
         fully_convolutional: the official test head: `pred` applied at every location of the `pool5` map on a large
             crop (256x256, 256x320, or `None` sizes), per-location softmax, then averaged. Defaults to `False`
@@ -109,7 +110,7 @@ def create_model(
     if not isinstance(include_top, bool):
         raise ValueError(f"`include_top` must be True or False. Received: include_top={include_top!r}")
     if classes is None:
-        classes = KINETICS400_CLASSES
+        classes = num_classes(preset)  # 400 for the Kinetics-400 presets
     elif isinstance(classes, bool) or not isinstance(classes, int) or classes < 1:
         raise ValueError(f"`classes` must be a positive integer. Received: classes={classes!r}")
     if weights == PRETRAINED_WEIGHTS and include_top and classes != KINETICS400_CLASSES:
@@ -166,55 +167,23 @@ def create_model(
 # ----------------------------------------------------------------------------------------------------------------------
 # Factories: (clip, source[, number of non-local blocks]) -> preset
 # ----------------------------------------------------------------------------------------------------------------------
-FACTORY_PRESETS = {
-    "nl_resnet50_3d": {
-        ("32x2", "official", 5): "i3d_nl5_r50_32x2_kinetics400",
-        ("8x8", "official", 5): "i3d_nl5_r50_8x8_kinetics400",
-        ("128x1", "official", 5): "i3d_nl5_r50_128x1_kinetics400",
-        ("32x4", "official", 5): "i3d_nl5_r50_32x4_kinetics400",
-        ("8x8", "pyslowfast", 5): "i3d_nl5_r50_8x8_kinetics400_pyslowfast",
-        ("32x2", "mmaction2", 5): "i3d_nl5_r50_32x2_kinetics400_mmaction2_embedded",
-        ("32x2", "mmaction2_dot", 5): "i3d_nl5_r50_32x2_kinetics400_mmaction2_dot",
-        ("32x2", "mmaction2_gaussian", 5): "i3d_nl5_r50_32x2_kinetics400_mmaction2_gaussian",
-        ("32x2", "gluoncv", 5): "i3d_nl5_r50_32x2_kinetics400_gluoncv",
-        ("32x2", "gluoncv", 10): "i3d_nl10_r50_32x2_kinetics400_gluoncv",
-        ("32x2", "official", 10): "i3d_nl10_r50",
-    },
-    "nl_resnet101_3d": {
-        ("32x2", "official", 5): "i3d_nl5_r101",
-        ("32x2", "gluoncv", 5): "i3d_nl5_r101_32x2_kinetics400_gluoncv",
-        ("32x2", "gluoncv", 10): "i3d_nl10_r101_32x2_kinetics400_gluoncv",
-    },
-    "nl_c2d_resnet50": {
-        ("32x2", "official", 5): "c2d_nl5_r50_32x2_kinetics400",
-        ("8x8", "official", 5): "c2d_nl5_r50_8x8_kinetics400",
-        ("32x2", "official", 10): "c2d_nl10_r50",
-    },
-    "nl_c2d_resnet101": {
-        ("32x2", "official", 5): "c2d_nl5_r101",
-    },
-    "i3d_resnet50": {
-        ("32x2", "official"): "i3d_r50_32x2_kinetics400",
-        ("8x8", "official"): "i3d_r50_8x8_kinetics400",
-        ("128x1", "official"): "i3d_r50_128x1_kinetics400",
-        ("32x4", "official"): "i3d_r50_32x4_kinetics400",
-        ("8x8", "pyslowfast"): "i3d_r50_8x8_kinetics400_pyslowfast",
-        ("8x8", "pytorchvideo"): "i3d_r50_8x8_kinetics400_pytorchvideo",
-        ("32x2", "mmaction2"): "i3d_r50_32x2_kinetics400_mmaction2",
-    },
-    "i3d_resnet101": {
-        ("32x2", "official"): "i3d_r101",
-    },
-    "c2d_resnet50": {
-        ("32x2", "official"): "c2d_r50_32x2_kinetics400",
-        ("8x8", "official"): "c2d_r50_8x8_kinetics400",
-        ("8x8", "pytorchvideo"): "c2d_r50_8x8_kinetics400_pytorchvideo",
-        ("8x8", "pyslowfast"): "c2d_nopool_r50_8x8_kinetics400_pyslowfast",
-    },
-    "c2d_resnet101": {
-        ("32x2", "official"): "c2d_r101",
-    },
-}
+def _factory_presets():
+    """`{factory: {(clip, source[, num_nonlocal]): preset}}`, read from the registry entries' `factory` fields."""
+    table = {}
+    for name, preset in PRESETS.items():
+        if preset["factory"] is None:
+            continue
+        function, arguments = preset["factory"]["function"], preset["factory"]["arguments"]
+        key = (arguments["clip"], arguments["source"])
+        if function.startswith("nl_"):
+            key += (arguments["num_nonlocal"],)
+        if key in table.get(function, {}):
+            raise ValueError(f"Presets {table[function][key]!r} and {name!r} both claim {function}{key}.")
+        table.setdefault(function, {})[key] = name
+    return table
+
+
+FACTORY_PRESETS = _factory_presets()
 
 
 def factory_preset(factory, *, clip="32x2", source="official", num_nonlocal=None):

@@ -12,7 +12,7 @@ Example:
 import math
 
 from nonlocal_zoo.models.arch import _nonlocal_pool, feature_shapes, normalize_arch, stage_names
-from nonlocal_zoo.presets import get_preset
+from nonlocal_zoo.presets import get_preset, num_classes
 
 
 def count_params(arch, *, classes=400, input_channels=3, include_top=True):
@@ -153,9 +153,10 @@ def model_info(name):
     """Architecture, counts, weights and protocol of a preset, as a JSON-able dict.
 
     Returns:
-        A dict with `name`, `description`, `params` (`count_params`), `macs_train_view` (num_frames x 224^2),
-        `macs_test_view` (num_frames x test_crop^2), `test_views`, `macs_test_total`, `feature_shapes` (train view),
-        `nonlocal_blocks`, `top1`, `top5`, `licence`, `source`, `weights`, `preprocessing`, `arch`.
+        A dict with `name`, `description`, `params` (`count_params`, with the preset's classes), `macs_train_view`
+        (num_frames x train_crop^2), `macs_test_view` (num_frames x test_crop^2), `test_views`, `macs_test_total`,
+        `feature_shapes` (train view), `nonlocal_blocks`, `top1`, `top5`, `licence`, `source`, `weights`,
+        `preprocessing`, `arch`.
 
     Example:
         >>> model_info("i3d_nl5_r50_32x2_kinetics400")["params"]["trainable"]
@@ -167,13 +168,14 @@ def model_info(name):
     train_shape = (frames, pre["train_crop"], pre["train_crop"], 3)
     test_shape = (frames, pre["test_crop"], pre["test_crop"], 3)
     views = pre["test_num_clips"] * pre["test_num_crops"]
-    test_macs = count_macs(arch, test_shape)["total"]
+    classes = num_classes(preset)  # 400, or the head of the demo / test presets
+    test_macs = count_macs(arch, test_shape, classes=classes)["total"]
     blocks = normalize_arch(**arch)["nonlocal_blocks"]
     return {
         "name": name,
         "description": meta["description"],
-        "params": count_params(arch),
-        "macs_train_view": count_macs(arch, train_shape)["total"],
+        "params": count_params(arch, classes=classes),
+        "macs_train_view": count_macs(arch, train_shape, classes=classes)["total"],
         "macs_test_view": test_macs,
         "test_views": views,
         "macs_test_total": views * test_macs,
