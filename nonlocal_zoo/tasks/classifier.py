@@ -30,12 +30,21 @@ DEFAULT_BATCH_SIZE = 8
 
 
 def _is_network_input(x):
-    """True for what Keras' own `predict` takes: float clips, tensors and datasets (not raw videos)."""
+    """True for what Keras' own `predict` takes: float clips `(B, T, H, W, 3)`, tensors and datasets.
+
+    Raises:
+        ValueError: an array that is neither raw video (uint8) nor normalised clips (float, rank 5).
+    """
     if isinstance(x, (str, os.PathLike, list, tuple)):
         return False
     if isinstance(x, np.ndarray):
-        return x.dtype != np.uint8
-    return True  # tf.Tensor, tf.data.Dataset, generators, PyDataset
+        if x.dtype == np.uint8:
+            return False
+        if np.issubdtype(x.dtype, np.floating) and x.ndim == 5:
+            return True
+        raise ValueError("`predict` takes raw videos (paths, uint8 (F, H, W, 3) or (N, F, H, W, 3) arrays) or "
+                         f"normalised float clips (B, T, H, W, 3). Received: array of dtype {x.dtype}, shape {x.shape}")
+    return hasattr(x, "shape") or hasattr(x, "__iter__")  # tf.Tensor, tf.data.Dataset, generators, PyDataset
 
 
 @keras.saving.register_keras_serializable(package="nonlocal_zoo")
