@@ -175,10 +175,13 @@ def _cmd_evaluate(args):
     return EXIT_OK
 
 
-def _cmd_finetune(args):
-    from nonlocal_zoo import training
+def _cmd_finetune(args, *, callbacks=None):
+    from nonlocal_zoo.training import finetune
 
-    return int(training.run_finetune_from_args(args) or 0)
+    verbose = "auto" if args.verbose is None else args.verbose
+    finetune(args.data, config=args.config, output_dir=args.output_dir, resume=args.resume, overwrite=args.overwrite,
+             callbacks=callbacks, verbose=verbose, **finetune_options(args))
+    return EXIT_OK
 
 
 def _cmd_convert(args):
@@ -244,9 +247,29 @@ def _cmd_demo(args):
 
 
 def _cmd_benchmark(args):
-    from nonlocal_zoo import benchmark
+    from nonlocal_zoo.benchmark import run_and_report
 
-    return int(benchmark.main(args.benchmark_args) or 0)
+    if args.probe is not None:  # internal: one measurement in a fresh process (see benchmark.timing.run_probes)
+        from nonlocal_zoo.benchmark import print_probe
+
+        print_probe(args.probe)
+        return EXIT_OK
+    output = run_and_report(quick=args.quick, sections=args.sections, threads=args.threads,
+                            model_batches=args.model_batches, model_frames=args.model_frames, output=args.output,
+                            json_path=args.json, command=_benchmark_command_line(args))
+    print(f"Wrote {output}")
+    return EXIT_OK
+
+
+def _benchmark_command_line(args):
+    """The `nonlocal-zoo benchmark ...` command that reproduces a run (recorded in the report)."""
+    words = ["nonlocal-zoo benchmark"] + (["--quick"] if args.quick else [])
+    for flag, value in (("--sections", args.sections), ("--threads", args.threads),
+                        ("--model-batches", args.model_batches), ("--model-frames", args.model_frames),
+                        ("--output", args.output), ("--json", args.json)):
+        if value is not None:
+            words += [flag, *map(str, value if isinstance(value, (list, tuple)) else [value])]
+    return " ".join(words)
 
 
 def _cmd_prepare(args):
@@ -291,13 +314,154 @@ def _add_finetune(subparsers, formatter, full):
     p = subparsers.add_parser(
         "finetune", formatter_class=formatter, help="fine-tune a preset on a folder of clips (one folder per class)",
         description="Fine-tune a model on custom clips: DATA/<class>/*.mp4 (or DATA/train/<class>/...).")
-    if not full:  # the training module (and TensorFlow) is imported only when `finetune` is the command
+    if not full:  # the training package is imported only when `finetune` is the command
         p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
         return
-    from nonlocal_zoo import training
-
-    training.add_finetune_arguments(p)
+    add_finetune_arguments(p)
     p.set_defaults(handler=_cmd_finetune)
+
+
+def add_finetune_arguments(parser):
+    """Add the `finetune` arguments to an `argparse` parser (the `nonlocal-zoo finetune` sub-command).
+
+    Every option defaults to "not given", so a `--config` recipe's values apply unless overridden here.
+
+    Example:
+        >>> args = add_finetune_arguments(argparse.ArgumentParser()).parse_args(["clips/", "--epochs", "2"])
+    """
+    from nonlocal_zoo.training import DEFAULTS, MIXED_POLICIES, SCHEDULES, STAGES, STRATEGIES
+
+    p = parser
+    p.add_argument("data", nargs="?", default=None,
+                   help="training clips: folder root/<class>/<clip>, CSV/list file, or tfds:<name> (default when "
+                        "resuming: the saved one)")
+    p.add_argument("--model", metavar="PRESET", default=None,
+                   help=f"preset to start from (default {DEFAULTS['model']})")
+    p.add_argument("--config", metavar="YAML", default=None, help="recipe: YAML file or a name in configs/")
+    p.add_argument("--weights", default=None,
+                   help="'kinetics400' (default), a weights file, an hf:// handle, or 'none' (random init)")
+    p.add_argument("--val", dest="val_data", metavar="DATA", default=None, help="validation clips")
+    p.add_argument("--split", default=None, help="split folder of DATA (root/<split>/<class>/<clip>)")
+    p.add_argument("--val-split", default=None, help="split folder of the validation data (e.g. val)")
+    p.add_argument("--output", "--output-dir", dest="output_dir", metavar="DIR", default=None,
+                   help="run folder (default runs/<model>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --output from its last finished epoch")
+    p.add_argument("--overwrite", action="store_true", help="delete the run in --output and start over")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None, help="clips per replica (global = x replicas)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="learning rate for a global batch of --lr-base-batch-size, scaled linearly (default 0.01 @ 64)")
+    p.add_argument("--lr-base-batch-size", type=int, default=None, help="global batch that --lr is given for")
+    p.add_argument("--schedule", choices=SCHEDULES, default=None, help="step (official, default) or cosine")
+    p.add_argument("--warmup-epochs", type=float, default=None, help="linear warmup length (epochs)")
+    p.add_argument("--weight-decay", type=float, default=None, help="L2 weight decay (default 1e-4)")
+    p.add_argument("--momentum", type=float, default=None, help="SGD momentum (default 0.9)")
+    p.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None, help="Nesterov momentum")
+    p.add_argument("--freeze-stages", choices=STAGES + ("none",), default=None,
+                   help="freeze conv1 up to this stage (BN there in inference mode), e.g. res3")
+    p.add_argument("--mixed-precision", nargs="?", const="auto", default=None,
+                   choices=("auto", "off") + MIXED_POLICIES,
+                   help="mixed precision (mixed_float16 on GPU, mixed_bfloat16 on CPU, or the given policy)")
+    p.add_argument("--strategy", choices=STRATEGIES, default=None,
+                   help="none, mirrored (GPUs of this machine) or multiworker (TF_CONFIG)")
+    p.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=None,
+                   help="synchronized BatchNorm across replicas")
+    p.add_argument("--num-frames", type=int, default=None, help="clip length override")
+    p.add_argument("--crop", type=int, default=None, help="crop size override (short sides scaled accordingly)")
+    p.add_argument("--steps-per-epoch", type=int, default=None)
+    p.add_argument("--dropout", dest="dropout_rate", type=float, default=None)
+    p.add_argument("--monitor", default=None, help="metric of the best checkpoint (default val_accuracy or loss)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--set", dest="set_options", action="append", metavar="KEY=VALUE", default=None,
+                   help="any recipe setting as YAML, repeatable: --set arch.stage_depths=[1,1,1,1]")
+    p.add_argument("--verbose", type=int, choices=(0, 1, 2), default=None, help="0 silent, 1 progress bar, 2 per epoch")
+    return parser
+
+
+_FINETUNE_ARG_KEYS = ("model", "val_data", "split", "val_split", "epochs", "batch_size", "lr", "lr_base_batch_size",
+                      "schedule", "warmup_epochs", "weight_decay", "momentum", "nesterov", "freeze_stages",
+                      "strategy", "sync_bn", "num_frames", "crop", "steps_per_epoch", "dropout_rate", "monitor",
+                      "seed")
+
+
+def finetune_options(args):
+    """The `finetune` keyword arguments of parsed `add_finetune_arguments` arguments.
+
+    Example:
+        >>> finetune_options(parser.parse_args(["--mixed-precision", "off"]))["mixed_precision"]
+        False
+    """
+    from nonlocal_zoo.training import load_config, parse_overrides
+
+    options = {k: getattr(args, k, None) for k in _FINETUNE_ARG_KEYS}
+    extra = parse_overrides(getattr(args, "set_options", None))
+    recipe = load_config(args.config) if getattr(args, "config", None) else {}
+    for key in ("arch", "preprocessing"):
+        if key in extra and isinstance(extra[key], dict):
+            extra[key] = {**recipe.get(key, {}), **extra[key]}  # --set arch.x=... adds to the recipe's overrides
+    options.update(extra)
+    options["weights"] = args.weights  # "none" -> random initialisation
+    if args.mixed_precision is not None:
+        options["mixed_precision"] = False if args.mixed_precision == "off" else args.mixed_precision
+    return options
+
+
+def finetune_main(argv=None, *, callbacks=None):
+    """`nonlocal-zoo finetune DATA [options]` as a function, with extra Keras `callbacks` (for scripts and tests).
+
+    Returns:
+        The exit status: 0 ok, 2 bad input (one line on stderr), 130 interrupted.
+
+    Example:
+        >>> finetune_main(["clips/", "--config", "finetune_tiny_test", "--output", "runs/tiny"])
+        0
+    """
+    parser = argparse.ArgumentParser(prog="nonlocal-zoo finetune",
+                                     description="Fine-tune a model on custom clips: DATA/<class>/*.mp4.")
+    args = add_finetune_arguments(parser).parse_args(argv)
+    try:
+        return _cmd_finetune(args, callbacks=callbacks)
+    except ValueError as e:
+        print(f"nonlocal-zoo finetune: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
+def _add_benchmark(subparsers, formatter, full):
+    p = subparsers.add_parser(
+        "benchmark", formatter_class=formatter, help="speed and memory benchmarks",
+        description="Benchmarks against the PyTorch reference on this machine (sections: machine, matmul, block, "
+                    "chunking, models, pipeline, backends); writes a Markdown report.",
+        epilog="Example: nonlocal-zoo benchmark --quick --output /tmp/bench.md")
+    if not full:  # the benchmark package is imported only when `benchmark` is the command
+        p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+        return
+    add_benchmark_arguments(p)
+    p.set_defaults(handler=_cmd_benchmark)
+
+
+def add_benchmark_arguments(parser):
+    """Add the `benchmark` arguments to an `argparse` parser (the `nonlocal-zoo benchmark` sub-command).
+
+    Example:
+        >>> args = add_benchmark_arguments(argparse.ArgumentParser()).parse_args(["--quick"])
+    """
+    from nonlocal_zoo.benchmark import DEFAULT_OUTPUT, SECTIONS
+
+    p = parser
+    p.add_argument("--quick", action="store_true", help="tiny shapes, the same code paths (CI, < 60 s)")
+    p.add_argument("--output", default=None,
+                   help=f"Markdown report path (default: {DEFAULT_OUTPUT} for the full run, a temporary file in "
+                        "--quick mode)")
+    p.add_argument("--json", default=None, help="also write the raw results as JSON")
+    p.add_argument("--sections", nargs="+", choices=SECTIONS, default=None, help="sections to run (default: all)")
+    p.add_argument("--threads", type=_positive_int, default=None, help="intra-op threads (default: all cores)")
+    p.add_argument("--model-batches", type=_positive_int, nargs="+", default=None, help="models section: batch sizes")
+    p.add_argument("--model-frames", type=int, nargs="+", choices=(8, 32), default=None,
+                   help="models section: clip lengths")
+    p.add_argument("--probe", default=None, help=argparse.SUPPRESS)
+    return parser
 
 
 def _command_of(argv):
@@ -309,8 +473,8 @@ def build_parser(command=None):
     """The `nonlocal-zoo` argument parser (subcommands listed in the module docstring).
 
     Args:
-        command: the subcommand about to run; `"finetune"` adds the fine-tuning options (importing the training
-            module), otherwise only its name is registered so that `--help` stays fast.
+        command: the subcommand about to run; `"finetune"` and `"benchmark"` add their options (importing the
+            training or benchmark package), otherwise only their names are registered so that `--help` stays fast.
     """
     def formatter(prog):
         return argparse.RawDescriptionHelpFormatter(prog, max_help_position=32)
@@ -411,10 +575,7 @@ def build_parser(command=None):
     p.add_argument("--seed", type=int, default=2018, help="seed of the rendered clips (default: 2018)")
     p.set_defaults(handler=_cmd_demo)
 
-    p = sub.add_parser("benchmark", help="speed and memory benchmarks", add_help=False,
-                       description="Run the benchmark harness; arguments are passed on (try `benchmark --help`).")
-    p.add_argument("benchmark_args", nargs=argparse.REMAINDER, help="arguments of the benchmark harness")
-    p.set_defaults(handler=_cmd_benchmark)
+    _add_benchmark(sub, formatter, full=command == "benchmark")
 
     p = sub.add_parser("prepare", help="build a TFDS dataset from a folder of clips",
                        description="Decode a clip folder (<class>/*.mp4, optionally under train/ val/) into TFDS.")
@@ -430,12 +591,7 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     command = _command_of(argv)
     parser = build_parser(command)
-    if command == "benchmark":  # every word after it (`--help` too) belongs to the benchmark harness
-        split = argv.index(command) + 1
-        args = parser.parse_args(argv[:split])
-        args.benchmark_args = argv[split:]
-    else:
-        args = parser.parse_args(argv)
+    args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE

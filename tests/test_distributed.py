@@ -32,7 +32,8 @@ MIRRORED_SCRIPT = textwrap.dedent("""
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
     import keras
-    from nonlocal_zoo.training import convert_to_sync_batchnorm, get_strategy, main
+    from nonlocal_zoo.cli import finetune_main as main
+    from nonlocal_zoo.training import convert_to_sync_batchnorm, get_strategy
 
     status = main(sys.argv[2:])
 
@@ -97,7 +98,7 @@ def multiworker_run(tmp_path_factory, clips):
                      "task": {"type": "worker", "index": index}}
         env = dict(subprocess_env(), TF_CONFIG=json.dumps(tf_config))
         logs.append(open(tmp / f"worker{index}.log", "w+"))
-        command = [sys.executable, "-m", "nonlocal_zoo.training", clips[0], "--val", clips[1], "--strategy",
+        command = [sys.executable, "-m", "nonlocal_zoo.cli", "finetune", clips[0], "--val", clips[1], "--strategy",
                    "multiworker", "--output", str(out), *RUN_ARGS]
         procs.append(subprocess.Popen(command, env=env, stdout=logs[-1], stderr=subprocess.STDOUT, text=True))
     try:

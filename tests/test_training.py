@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pytest
 
-from nonlocal_zoo import training
+from nonlocal_zoo import cli, training
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(REPO, "configs", "finetune_tiny_test.yaml")
@@ -106,18 +106,18 @@ def test_bad_recipe_file(tmp_path):
 def test_cli_arguments_map_to_settings():
     import argparse
 
-    parser = training.add_finetune_arguments(argparse.ArgumentParser())
+    parser = cli.add_finetune_arguments(argparse.ArgumentParser())
     args = parser.parse_args(["clips", "--config", TINY, "--epochs", "2", "--lr", "0.5", "--schedule", "step",
                               "--freeze-stages", "res3", "--mixed-precision", "--strategy", "mirrored", "--sync-bn",
                               "--weights", "none", "--set", "arch.stem_width=16", "--set", "warmup_epochs=0.5",
                               "--output", "out", "--val", "val_clips"])
-    options = training.options_from_args(args)
+    options = cli.finetune_options(args)
     cfg = training.resolve_config(TINY, **options, data=args.data, output_dir=args.output_dir)
     assert (cfg["epochs"], cfg["lr"], cfg["schedule"], cfg["freeze_stages"]) == (2, 0.5, "step", "res3")
     assert (cfg["mixed_precision"], cfg["strategy"], cfg["sync_bn"], cfg["weights"]) == ("auto", "mirrored", True, None)
     assert cfg["arch"] == {**TINY_ARCH, "stem_width": 16}  # --set adds to the recipe's overrides
     assert (cfg["warmup_epochs"], cfg["val_data"], cfg["data"], cfg["output_dir"]) == (0.5, "val_clips", "clips", "out")
-    assert training.options_from_args(parser.parse_args(["--mixed-precision", "off"]))["mixed_precision"] is False
+    assert cli.finetune_options(parser.parse_args(["--mixed-precision", "off"]))["mixed_precision"] is False
 
 
 def test_refuses_to_overwrite_a_run(tmp_path, colour_data):
@@ -293,7 +293,7 @@ def test_mixed_precision_and_frozen_stages(tmp_path, colour_data, capsys):
 HANG_SCRIPT = textwrap.dedent("""
     import sys, time
     import keras
-    from nonlocal_zoo.training import main
+    from nonlocal_zoo.cli import finetune_main as main
 
     class HangMidEpoch(keras.callbacks.Callback):
         # after the first batch of the second epoch: signal the test, then wait to be killed
