@@ -27,8 +27,10 @@ from nonlocal_zoo.data.transforms import (
     spatial_views,
 )
 from nonlocal_zoo.data.video_io import (
+    DEFAULT_MAX_BYTES,
     DEFAULT_MAX_PIXELS,
     DEFAULT_TIMEOUT,
+    VideoDamageWarning,
     VideoDecodeError,
     count_frames,
     read_frames_for,
@@ -52,8 +54,8 @@ def __getattr__(name):
 
 
 __all__ = [
-    "DEFAULT_MAX_PIXELS", "DEFAULT_PREPROCESSING", "DEFAULT_TIMEOUT", "SAMPLING_METHODS", "VIDEO_EXTENSIONS",
-    "ClipList", "DecodeReport", "VideoDecodeError", "VideoFolder", "VideoFolderConfig", "count_frames", "crop",
+    "DEFAULT_MAX_BYTES", "DEFAULT_MAX_PIXELS", "DEFAULT_PREPROCESSING", "DEFAULT_TIMEOUT", "SAMPLING_METHODS",
+    "VIDEO_EXTENSIONS", "ClipList", "DecodeReport", "VideoDamageWarning", "VideoDecodeError", "VideoFolder", "VideoFolderConfig", "count_frames", "crop",
     "crop_offsets", "horizontal_flip", "list_video_folder", "make_dataset", "multiview_clips", "normalize",
     "prepare_tfds", "random_crop", "random_short_side", "read_clip_list", "read_frames_for", "read_video", "resize",
     "resolve_preprocessing", "sample_test_indices", "sample_train_indices", "short_side_resize",
