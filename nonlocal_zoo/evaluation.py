@@ -12,7 +12,7 @@ import os
 import numpy as np
 
 from nonlocal_zoo.data import preprocessing, transforms
-from nonlocal_zoo.data.pipeline import ON_ERROR, _tfds_source
+from nonlocal_zoo.data.pipeline import ON_ERROR, tfds_source
 from nonlocal_zoo.data.sources import VIDEO_EXTENSIONS, resolve_clip_source
 
 logger = logging.getLogger("nonlocal_zoo.evaluation")
@@ -20,7 +20,7 @@ logger = logging.getLogger("nonlocal_zoo.evaluation")
 
 def _iter_items(source, *, split, class_names, data_dir, extensions):
     """Yields `(video, label, name)` with `video` a path or decoded frames; returns class names via a list."""
-    tfds_part = _tfds_source(source, split, data_dir)
+    tfds_part = tfds_source(source, split, data_dir)
     if tfds_part is not None:
         ds, _, names = tfds_part
 
@@ -272,7 +272,8 @@ def evaluate(model, source, *, preset=None, num_clips=10, num_crops=3, batch_siz
         hits = _topk_hits(view_arr, np.repeat(labels_arr[:, None], views_per_video, axis=1), k)
         result[f"clip_top{k}"] = float(hits.mean())
     result.update({"num_videos": len(labels), "num_views": len(labels) * views_per_video,
-                   "views_per_video": views_per_video, "aggregation": aggregation, "num_skipped": len(skipped), "skipped": skipped})
+                   "views_per_video": views_per_video, "aggregation": aggregation, "num_skipped": len(skipped),
+                   "skipped": skipped})
     if return_predictions:
         result.update({"video_scores": video_arr, "view_scores": view_arr, "labels": labels_arr, "names": names})
     return result

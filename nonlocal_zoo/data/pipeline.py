@@ -192,7 +192,7 @@ def _process_generator(clips, *, pool, report, shuffle, repeat, seed, determinis
     return generate
 
 
-def _tfds_source(source, split, data_dir):
+def tfds_source(source, split, data_dir):
     """Returns `(tf.data.Dataset of {"video", "label"}, num_examples or None, class_names or None)`, or None."""
     import tensorflow as tf
 
@@ -316,7 +316,7 @@ def make_dataset(source, *, preset=None, training=False, batch_size=8, split=Non
         report.record(pass_index, name)
         return clip, np.int32(label), True
 
-    tfds_part = _tfds_source(source, split, data_dir)
+    tfds_part = tfds_source(source, split, data_dir)
     seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
     if parallelism == "processes":
         if tfds_part is not None:

@@ -36,7 +36,7 @@ def _is_video(name, extensions):
     return not name.startswith(".") and name.lower().endswith(tuple(e.lower() for e in extensions))
 
 
-def _class_dirs(folder):
+def class_dirs(folder):
     return sorted(d for d in os.listdir(folder) if not d.startswith(".") and os.path.isdir(os.path.join(folder, d)))
 
 
@@ -69,10 +69,10 @@ def list_video_folder(root, *, split=None, class_names=None, extensions=VIDEO_EX
     root = os.fspath(root)
     if not os.path.isdir(root):
         raise ValueError(f"Video folder not found or not a directory. Received: root={root!r}")
-    top = _class_dirs(root)
+    top = class_dirs(root)
     if split is None:
         lowered = {d.lower() for d in top}
-        if top and lowered <= set(SPLIT_NAMES) and all(_class_dirs(os.path.join(root, d)) for d in top):
+        if top and lowered <= set(SPLIT_NAMES) and all(class_dirs(os.path.join(root, d)) for d in top):
             raise ValueError(
                 f"{root!r} looks like a folder of splits ({top}); pass split= one of them. Received: split=None"
             )
@@ -82,12 +82,12 @@ def list_video_folder(root, *, split=None, class_names=None, extensions=VIDEO_EX
         folder = os.path.join(root, split)
         if not os.path.isdir(folder):
             raise ValueError(f"Split folder {folder!r} not found; available: {top}. Received: split={split!r}")
-        names = sorted({c for d in top for c in _class_dirs(os.path.join(root, d))})
+        names = sorted({c for d in top for c in class_dirs(os.path.join(root, d))})
     if class_names is not None:
         names = list(class_names)
     index = {name: i for i, name in enumerate(names)}
     paths, labels = [], []
-    for name in _class_dirs(folder):
+    for name in class_dirs(folder):
         if name not in index:
             raise ValueError(
                 f"Class folder {name!r} of {folder!r} is not in class_names. Received: class_names={names}"

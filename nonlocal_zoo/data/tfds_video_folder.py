@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from nonlocal_zoo.data import transforms
-from nonlocal_zoo.data.sources import SPLIT_NAMES, VIDEO_EXTENSIONS, _class_dirs, list_video_folder
+from nonlocal_zoo.data.sources import SPLIT_NAMES, VIDEO_EXTENSIONS, class_dirs, list_video_folder
 from nonlocal_zoo.data.video_io import VideoDecodeError, read_video
 
 logger = logging.getLogger("nonlocal_zoo.data")
@@ -53,8 +53,8 @@ class VideoFolderConfig(tfds.core.BuilderConfig):
 
 def _split_layout(root):
     """`{split: folder}` for `root/<split>/<class>/<clip>`, or `{"train": root}` for `root/<class>/<clip>`."""
-    top = _class_dirs(root)
-    if top and {d.lower() for d in top} <= set(SPLIT_NAMES) and all(_class_dirs(os.path.join(root, d)) for d in top):
+    top = class_dirs(root)
+    if top and {d.lower() for d in top} <= set(SPLIT_NAMES) and all(class_dirs(os.path.join(root, d)) for d in top):
         return {d: d for d in top}
     return {"train": None}
 
@@ -101,9 +101,9 @@ class VideoFolder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         self._layout = _split_layout(root_dir)
         if class_names is None:
             if set(self._layout.values()) == {None}:
-                class_names = _class_dirs(root_dir)
+                class_names = class_dirs(root_dir)
             else:
-                class_names = sorted({c for d in self._layout.values() for c in _class_dirs(os.path.join(root_dir, d))})
+                class_names = sorted({c for d in self._layout.values() for c in class_dirs(os.path.join(root_dir, d))})
         if not class_names:
             raise ValueError(f"No class folders found under {root_dir!r}")
         self._class_names = list(class_names)

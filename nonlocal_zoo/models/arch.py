@@ -208,7 +208,8 @@ def _out_size(size, kernel, stride, pad):
     return (size + 2 * pad - kernel) // stride + 1
 
 
-def _nonlocal_pool(compression):
+def nonlocal_pool(compression):
+    """The `(t, h, w)` max-pool window of a non-local block's keys for a `compression` argument."""
     if compression is None:
         return (1, 1, 1)
     if isinstance(compression, (list, tuple)):
@@ -269,7 +270,7 @@ def feature_shapes(arch, input_shape):
                     f"{size[0]} frames. Received: input_shape={input_shape}, nonlocal_temporal_group_sizes="
                     f"{a['nonlocal_temporal_group_sizes']}"
                 )
-            pool = _nonlocal_pool(a["nonlocal_compression"])
+            pool = nonlocal_pool(a["nonlocal_compression"])
             if any(n is not None and p > n for n, p in zip(size, pool)):
                 raise ValueError(
                     f"The non-local blocks of {name} pool keys by {pool}, but the map is only {tuple(size)}. "

@@ -11,7 +11,7 @@ Example:
 """
 import math
 
-from nonlocal_zoo.models.arch import _nonlocal_pool, feature_shapes, normalize_arch, stage_names
+from nonlocal_zoo.models.arch import nonlocal_pool, feature_shapes, normalize_arch, stage_names
 from nonlocal_zoo.presets import get_preset, num_classes
 
 
@@ -131,7 +131,7 @@ def _nonlocal_macs(a, s, size, channels):
     d = channels // 2
     group = a["nonlocal_temporal_group_sizes"][s] or t
     groups = t // group
-    pool = _nonlocal_pool(a["nonlocal_compression"])
+    pool = nonlocal_pool(a["nonlocal_compression"])
     queries = group * h * w  # per group
     keys = (group // pool[0]) * (h // pool[1]) * (w // pool[2])  # per group, after pooling
     n, m = groups * queries, groups * keys

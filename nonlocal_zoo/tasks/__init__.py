@@ -11,9 +11,9 @@ Example:
     >>> clf.decode_predictions(clf.predict("clip.mp4"), top=3)
 """
 from nonlocal_zoo.tasks.backbone import NonLocalResNetBackbone
-from nonlocal_zoo.tasks.classifier import VideoClassifier
+from nonlocal_zoo.tasks.classifier import VideoClassifier, resolve
 from nonlocal_zoo.tasks.preprocessor import AGGREGATIONS, VideoClassifierPreprocessor
-from nonlocal_zoo.tasks.presets import is_preset_dir, preset_labels, resolve, save_to_preset
+from nonlocal_zoo.tasks.presets import is_preset_dir, preset_labels, save_to_preset
 
 __all__ = ["AGGREGATIONS", "NonLocalResNetBackbone", "VideoClassifier", "VideoClassifierPreprocessor",
            "is_preset_dir", "preset_labels", "resolve", "save_to_preset"]

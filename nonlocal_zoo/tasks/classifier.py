@@ -16,6 +16,8 @@ Example:
     >>> clf.decode_predictions(clf.predict("a.mp4"), top=3)
     >>> clf.save_to_preset("my_model/")                  # VideoClassifier.from_preset("my_model/") reloads it
 """
+import difflib
+import json
 import os
 
 import keras
@@ -23,8 +25,10 @@ import numpy as np
 
 from nonlocal_zoo.models.arch import feature_shapes
 from nonlocal_zoo.models.classifier import apply_head
+from nonlocal_zoo.presets import PRESETS, get_preset
+from nonlocal_zoo.tasks import presets as preset_io
 from nonlocal_zoo.tasks.backbone import NonLocalResNetBackbone
-from nonlocal_zoo.tasks.preprocessor import VideoClassifierPreprocessor, _softmax
+from nonlocal_zoo.tasks.preprocessor import VideoClassifierPreprocessor, softmax
 
 DEFAULT_BATCH_SIZE = 8
 
@@ -143,8 +147,6 @@ class VideoClassifier(keras.Model):
         Example:
             >>> clf = VideoClassifier.from_preset("i3d_nl5_r50_32x2_kinetics400")   # downloads and converts once
         """
-        from nonlocal_zoo.tasks.presets import resolve
-
         return resolve(preset, weights=weights, **kwargs)
 
     def save_to_preset(self, preset_dir):
@@ -157,9 +159,7 @@ class VideoClassifier(keras.Model):
         Example:
             >>> clf.save_to_preset("runs/my_model")
         """
-        from nonlocal_zoo.tasks.presets import save_to_preset
-
-        return save_to_preset(self, preset_dir)
+        return preset_io.save_to_preset(self, preset_dir)
 
     # ------------------------------------------------------------------------------------------- inference
     def view_scores(self, clips, *, batch_size=DEFAULT_BATCH_SIZE):
@@ -180,7 +180,7 @@ class VideoClassifier(keras.Model):
             out.append(np.asarray(network.predict_on_batch(clips[start:start + batch_size]), np.float64))
         scores = np.concatenate(out)  # (V, C)
         if rule == "softmax" and self.activation is None:
-            scores = _softmax(scores)
+            scores = softmax(scores)
         return scores
 
     def logits_model(self):
@@ -249,3 +249,173 @@ def _check_labels(labels, num_classes):
         raise ValueError(f"`num_classes` ({num_classes}) differs from the number of labels ({len(labels)}). "
                          f"Received: num_classes={num_classes!r}, labels={labels[:3]}...")
     return labels
+
+
+# ----------------------------------------------------------------------------------------------------------- resolve
+def resolve(spec, *, weights="auto", num_classes=None, labels=None, format=None, preset=None, clip_shape=None,
+            preprocessing=None, require_weights=False, **arch_overrides):
+    """The `VideoClassifier` a user names: a registry preset, a preset directory, a `.keras` file or `hf://`.
+
+    Args:
+        spec: `"demo"`, a preset name, a preset directory (`save_to_preset`, `finetune` output), a `.keras` file,
+            or `hf://org/repo[@revision]` (a preset directory on the Hub).
+        weights: `"auto"`: the published weights of a pretrained preset, the packaged weights of `"demo"`, the
+            saved weights of a directory or file; random for an architecture-only preset (refused when
+            `require_weights`). None or `"none"`: random. `"kinetics400"`, a weights file (`.pkl`, `.pth`,
+            `.pyth`, `.weights.h5`, `.keras`) or an `hf://` handle: loaded into the preset's architecture.
+        num_classes: a new head of this many classes (fresh `pred`; the backbone keeps its weights).
+        labels: class names (list or text file); with a new count they define the new head.
+        format: checkpoint format of an upstream weights file (detected when None).
+        preset: for a plain `.keras` model that is not a `VideoClassifier`: the preset whose architecture and
+            protocol it has.
+        clip_shape: `(T, H, W, 3)` of the network input. Defaults to `(num_frames, None, None, 3)`.
+        preprocessing: dict of preprocessing keys overriding the preset's (e.g. `{"test_num_clips": 1}`).
+        require_weights: refuse `weights="auto"` for a preset without weights (what the CLI wants).
+        **arch_overrides: architecture keys replacing the preset's (e.g. `nonlocal_chunk_size=1024`).
+
+    Returns:
+        A `VideoClassifier`.
+
+    Raises:
+        ValueError: unknown names, bad arguments, files that are not models (quoting what was received).
+
+    Example:
+        >>> clf = resolve("i3d_nl5_r50_8x8_kinetics400")
+    """
+    if not isinstance(spec, (str, os.PathLike)) or not os.fspath(spec):
+        raise ValueError("`model` must be 'demo', a preset name, a preset directory, a .keras file or hf://org/repo. "
+                         f"Received: model={spec!r}")
+    spec = os.fspath(spec)
+    weights = None if weights in (None, "none", "None") else weights
+    if weights is not None and not isinstance(weights, (str, os.PathLike)):
+        raise ValueError(f"`weights` must be 'auto', None, 'kinetics400', a path or an hf:// handle. "
+                         f"Received: weights={weights!r}")
+    weights = None if weights is None else os.fspath(weights)
+    labels = preset_io.read_labels(labels)
+    common = dict(weights=weights, num_classes=num_classes, labels=labels, format=format)
+    if spec.startswith("hf://"):
+        from nonlocal_zoo.pretrained.hub import resolve_hf
+
+        spec = os.fspath(resolve_hf(spec))
+    if spec in preset_io.registry_names() and not os.path.exists(spec):
+        return _from_registry(spec, clip_shape=clip_shape, preprocessing=preprocessing,
+                              require_weights=require_weights, arch_overrides=arch_overrides, **common)
+    if os.path.isdir(spec):
+        if not os.path.isfile(os.path.join(spec, preset_io.CONFIG_FILE)):
+            raise ValueError(f"{spec!r} is a folder but not a preset directory (no {preset_io.CONFIG_FILE}; write one "
+                             f"with VideoClassifier.save_to_preset). Received: model={spec!r}")
+        clf = _from_directory(spec, weights=weights)
+        return _adapt(clf, preprocessing=preprocessing, **common)
+    if os.path.isfile(spec):
+        if not spec.endswith(".keras"):
+            raise ValueError("A model file must be a saved `.keras` model or a preset directory; for a weights file "
+                             f"use `--model PRESET --weights FILE`. Received: model={spec!r}")
+        clf = _from_keras_file(spec, preset=preset, weights=weights)
+        return _adapt(clf, preprocessing=preprocessing, **common)
+    close = difflib.get_close_matches(spec, ["demo", *sorted(PRESETS)], n=3, cutoff=0.5)
+    hint = f" Did you mean {close}?" if close else " See `nonlocal-zoo list`."
+    raise ValueError(f"Unknown model: not a preset name, a preset directory or an existing .keras file.{hint} "
+                     f"Received: model={spec!r}")
+
+
+def _from_registry(name, *, weights, num_classes, labels, format, clip_shape, preprocessing, require_weights,
+                   arch_overrides):
+    entry = get_preset(name)
+    published = entry["weights"]
+    if weights == "auto":
+        if published is None:
+            if require_weights:
+                raise ValueError(f"Preset {name!r} has no published weights; pass `--weights PATH` (or `--weights "
+                                 f"none` for a randomly initialised model). Received: model={name!r}")
+            weights = None
+        else:
+            weights = "package" if published.get("package_file") else preset_io.PRETRAINED
+    base_labels = preset_io.preset_labels(entry)
+    if labels is None and num_classes is None:
+        labels = base_labels
+    if labels is None:
+        labels = [f"class_{i}" for i in range(num_classes or 400)]
+    if num_classes is not None and num_classes != len(labels):
+        raise ValueError(f"`num_classes` ({num_classes}) differs from the number of labels ({len(labels)}).")
+    pre = VideoClassifierPreprocessor(entry["preprocessing"], **(preprocessing or {}))
+    if clip_shape is None:
+        clip_shape = (pre.num_frames, None, None, 3)
+    backbone = NonLocalResNetBackbone({**entry["arch"], **arch_overrides}, clip_shape=clip_shape, preset=name)
+    head = entry.get("head") or {}
+    clf = VideoClassifier(backbone, preprocessor=pre, labels=labels, preset=name, name=name,
+                          dropout=head.get("dropout", 0.5))
+    same_head = base_labels is not None and len(base_labels) == len(labels)
+    if weights == "package":
+        if not same_head:
+            raise ValueError(f"The packaged weights of {name!r} have {len(base_labels)} classes; a new head needs "
+                             f"fine-tuning. Received: labels of {len(labels)} classes")
+        preset_io.load_h5_strict(clf, preset_io.package_weights(name, published))
+    elif weights is not None:
+        preset_io.load_weights(clf, weights, preset=name, include_top=True, classes=len(labels), format=format)
+    return clf
+
+
+def _from_directory(folder, *, weights):
+    with open(os.path.join(folder, preset_io.CONFIG_FILE), encoding="utf-8") as f:
+        try:
+            config = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{os.path.join(folder, preset_io.CONFIG_FILE)} is not valid JSON: {e}") from None
+    if not isinstance(config, dict) or config.get("class_name") != "VideoClassifier":
+        raise ValueError(f"{os.path.join(folder, preset_io.CONFIG_FILE)} does not describe a nonlocal_zoo "
+                         f"VideoClassifier. Received: {str(config)[:80]}")
+    clf = keras.saving.deserialize_keras_object(config)
+    if weights == "auto":
+        path = os.path.join(folder, preset_io.WEIGHTS_FILE)
+        if not os.path.isfile(path):
+            raise ValueError(f"The preset directory {folder!r} has no {preset_io.WEIGHTS_FILE}.")
+        preset_io.load_h5_strict(clf, path)
+    elif weights is not None:
+        preset_io.load_weights(clf, weights, preset=clf.preset, include_top=True, classes=clf.num_classes)
+    return clf
+
+
+def _from_keras_file(path, *, preset, weights):
+    model = keras.saving.load_model(path, compile=False)  # training objects (optimizer, loss) are not needed
+    if not isinstance(model, VideoClassifier):
+        if preset is None:
+            raise ValueError(f"{path!r} holds a plain Keras model ({type(model).__name__} {model.name!r}), which does "
+                             "not carry its preprocessing: pass the preset whose architecture and protocol it has "
+                             f"(`--preset NAME` / preset=). Received: preset=None")
+        units = int(model.output_shape[-1])
+        clf = _from_registry(preset, weights=None, num_classes=units, labels=None, format=None, clip_shape=None,
+                             preprocessing=None, require_weights=False, arch_overrides={})
+        from nonlocal_zoo.pretrained.convert import transfer_weights
+
+        transfer_weights(model, clf, include_top=True, what=f"Keras model '{path}'")
+        model = clf
+    if weights not in ("auto", None):
+        preset_io.load_weights(model, weights, preset=model.preset, include_top=True, classes=model.num_classes)
+    return model
+
+
+def _adapt(clf, *, weights, num_classes, labels, format, preprocessing):
+    """A loaded classifier with another head (`num_classes`/`labels`) or preprocessing overrides."""
+    del weights, format
+    new_labels = labels if labels is not None else (
+        [f"class_{i}" for i in range(num_classes)] if num_classes not in (None, clf.num_classes) else None)
+    if new_labels is None and not preprocessing:
+        return clf
+    if new_labels is not None and len(new_labels) == clf.num_classes and not preprocessing:
+        clf.labels = tuple(new_labels)  # renamed classes, same head
+        return clf
+    config = clf.get_config()
+    if preprocessing:
+        pre = dict(clf.preprocessor.get_config())
+        pre["preprocessing"] = {**pre["preprocessing"], **preprocessing}
+        config["preprocessor"] = VideoClassifierPreprocessor.from_config(pre)
+    else:
+        config["preprocessor"] = clf.preprocessor
+    config["backbone"] = NonLocalResNetBackbone.from_config(clf.backbone.get_config())
+    same_head = new_labels is None or len(new_labels) == clf.num_classes
+    config["labels"] = list(new_labels) if new_labels is not None else list(clf.labels)
+    new = VideoClassifier.from_config(config)
+    from nonlocal_zoo.pretrained.convert import transfer_weights
+
+    transfer_weights(clf, new, include_top=same_head, what=f"model {clf.name!r}")
+    return new

@@ -22,7 +22,8 @@ from nonlocal_zoo.presets import get_preset
 AGGREGATIONS = ("softmax", "logits")
 
 
-def _softmax(x):
+def softmax(x):
+    """Softmax over the last axis, in the input's float precision."""
     x = x - x.max(axis=-1, keepdims=True)  # (..., C)
     e = np.exp(x)
     return e / e.sum(axis=-1, keepdims=True)
@@ -190,7 +191,7 @@ class VideoClassifierPreprocessor:
             rows.append(scores[start:start + n].mean(axis=0))  # (C,)
             start += n
         rows = np.stack(rows)
-        return _softmax(rows) if self.aggregation == "logits" else rows
+        return softmax(rows) if self.aggregation == "logits" else rows
 
     def _check_views(self, num_clips, num_crops):
         num_clips = self.config["test_num_clips"] if num_clips is None else num_clips
