@@ -264,7 +264,8 @@ def make_dataset(source, *, preset=None, training=False, batch_size=8, split=Non
         on_error: `"skip"` drops clips that fail to decode (and reports them at the end of the pass) or `"raise"`.
         normalize: normalised float32 clips (default) or raw pixels.
         drop_remainder: drop the last partial batch (defaults to `training`).
-        decode_options: dict for the decoder (`backend`, `max_pixels`, `timeout`, `max_buffer_bytes`); decoding
+        decode_options: dict for the decoder (`backend`, `max_pixels`, `timeout`, `max_buffer_bytes`, `on_damage`
+            (damaged files are skipped and reported by default; `"warn"` uses their decoded frames)); decoding
             uses one decoder thread per call unless `num_threads` is given here.
         report: a `DecodeReport` to fill (one is created otherwise); also attached as `dataset.decode_report`.
         extensions: video file extensions listed in folders.

@@ -161,7 +161,7 @@ def train_clip(video, *, preset=None, rng=None, normalize=True, decode_options=N
         normalize: return normalised float32 in the preset's channel order (default), or the raw RGB pixels
             (uint8; float32 for PySlowFast) for `transforms.normalize` to finish later.
         decode_options: dict passed to the decoder (`backend`, `max_pixels`, `timeout`, `num_threads`,
-            `max_buffer_bytes`).
+            `max_buffer_bytes`, `on_damage`: see `read_video`).
         **overrides: preprocessing keys (e.g. `num_frames=32, sampling_rate=2`).
 
     Returns:
