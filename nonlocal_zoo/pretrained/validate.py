@@ -22,7 +22,7 @@ import hashlib
 import importlib.util
 import json
 
-from nonlocal_zoo.presets import get_preset, make_arch
+from nonlocal_zoo.presets import get_preset, make_arch, num_classes
 from nonlocal_zoo.pretrained.convert import get_format, mismatch_error, read_checkpoint, to_canonical
 
 KINETICS400_CLASSES = 400
@@ -165,14 +165,14 @@ class PresetValidator:
             expectation changes.
     """
 
-    def __init__(self, name, *, classes=KINETICS400_CLASSES):
+    def __init__(self, name, *, classes=None):
         preset = get_preset(name)
         if preset["weights"] is None:
             raise ValueError(f"Preset {name!r} has no published weights to validate. Received: name={name!r}")
         self.name = name
         self.format = preset["weights"]["format"]
         self.arch = preset["arch"]
-        self.classes = classes
+        self.classes = num_classes(preset) if classes is None else classes
         fmt = get_format(self.format)
         # Torch files can only be parsed with torch; say so before downloading hundreds of MB that cannot be checked.
         torch_file = any(suffix in _TORCH_SUFFIXES for suffix in fmt.suffixes)
@@ -181,7 +181,7 @@ class PresetValidator:
                 f"Preset {name!r} is published as a PyTorch file ({self.format}); checking and converting it needs "
                 "torch. Install it with: pip install nonlocal_zoo[torch]"
             )
-        expected = expected_tensors(self.arch, classes=classes)
+        expected = expected_tensors(self.arch, classes=self.classes)
         digest = hashlib.sha256(json.dumps(sorted(expected.items())).encode()).hexdigest()[:16]
         self.cache_key = f"{name}:{self.format}:{digest}"
 
@@ -193,12 +193,12 @@ class PresetValidator:
         return f"PresetValidator({self.name!r}, format={self.format!r})"
 
 
-def preset_validator(name, *, classes=KINETICS400_CLASSES):
+def preset_validator(name, *, classes=None):
     """The validator of a preset's upstream file, for `download.fetch(..., validate=...)`.
 
     Args:
         name: a preset with published weights.
-        classes: rows of the checkpoint's `pred_w`.
+        classes: rows of the checkpoint's `pred_w`; None: the preset's class count (400 for Kinetics-400).
 
     Returns:
         a `PresetValidator` (callable on a path; raises when the file is not the preset's checkpoint).
