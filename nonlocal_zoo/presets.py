@@ -377,7 +377,7 @@ _PARITY_DEMO = "tests/test_demo.py::test_demo_model_reaches_stated_held_out_accu
 _PARITY_TINY = "tests/test_presets.py::test_tiny_preset_builds_with_its_counts"
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Preset:
     """One registry entry (keyword fields only); `to_dict()` gives the JSON-able dict of `PRESETS`.
 

@@ -311,6 +311,8 @@ def test_num_classes_and_unknown_label_sets():
     with pytest.raises(ValueError, match="labels"):
         presets.Preset(name="x", description="x", arch={}, preprocessing={}, labels="imagenet", licence=None,
                        source="x", parity_test="tests/x.py::test_x", params=1, macs=1)
+    with pytest.raises(TypeError):  # keyword fields only: no positional tuples
+        presets.Preset("x", "x", {}, {}, ["a"], None, "x", "tests/x.py::test_x", 1, 1)
     with pytest.raises(ValueError, match="licence"):
         presets.Preset(name="x", description="x", arch={}, preprocessing={}, labels=["a"], licence="MIT",
                        source="x", parity_test="tests/x.py::test_x", params=1, macs=1)
