@@ -78,6 +78,10 @@ def test_every_preset_names_an_existing_described_parity_test(name):
     assert re.search(rf"^def {function}\(", source, re.MULTILINE), test
     if name not in ("demo", "tiny_nl_i3d"):  # a numerical comparison at the card's stated tolerance
         assert "1e-4" in source or "assert_logits_match" in source or "assert_close" in source, path
+    weights = PRESETS[name]["weights"]
+    if weights is not None and not weights["package_file"]:  # the test converts a checkpoint of this format
+        same_format = [n for n, p in PRESETS.items() if p["weights"] and p["weights"]["format"] == weights["format"]]
+        assert any(f'"{n}"' in source for n in same_format), (test, weights["format"])
 
 
 def test_parity_references_are_all_used():
