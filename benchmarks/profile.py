@@ -111,7 +111,7 @@ def main(argv=None):
     parser.add_argument("--top", type=int, default=10)
     args = parser.parse_args(argv)
     benchmark.configure_threads(args.threads)
-    model, arch = benchmark._keras_model(args.preset, args.frames, 224, "float32")
+    model, arch = benchmark.keras_model(args.preset, args.frames, 224, "float32")
     x = np.random.default_rng(0).standard_normal((args.batch, args.frames, 224, 224, 3)).astype("float32")
     wall, by_op, by_part = profile_tensorflow(model, x, args.threads)
     total = sum(by_op.values())

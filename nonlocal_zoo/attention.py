@@ -24,6 +24,8 @@ import os
 
 import numpy as np
 
+from nonlocal_zoo import _compat
+
 DEFAULT_TOP_K = 8
 """Strongest key positions circled on the frames."""
 
@@ -147,7 +149,8 @@ class _RecordInputs:
     """Records the input of one layer while the model runs (eagerly), for any model structure.
 
     The layer's `call` is shadowed by an instance attribute for the duration of the `with` block; Keras' `__call__`
-    looks `call` up on the instance, so nested and subclassed models need no graph surgery.
+    looks `call` up on the instance, so nested and subclassed models need no graph surgery (private Keras
+    behaviour: `nonlocal_zoo._compat.set_instance_call`, version-checked).
     """
 
     def __init__(self, layer):
@@ -161,11 +164,11 @@ class _RecordInputs:
             self.inputs = inputs
             return original(inputs, *args, **kwargs)
 
-        object.__setattr__(self.layer, "call", call)
+        _compat.set_instance_call(self.layer, call)
         return self
 
     def __exit__(self, *exc):
-        object.__delattr__(self.layer, "call")
+        _compat.clear_instance_call(self.layer)
         return False
 
 

@@ -254,11 +254,6 @@ def _cmd_demo(args):
 def _cmd_benchmark(args):
     from nonlocal_zoo.benchmark import run_and_report
 
-    if args.probe is not None:  # internal: one measurement in a fresh process (see benchmark.timing.run_probes)
-        from nonlocal_zoo.benchmark import print_probe
-
-        print_probe(args.probe)
-        return EXIT_OK
     output = run_and_report(quick=args.quick, sections=args.sections, threads=args.threads,
                             model_batches=args.model_batches, model_frames=args.model_frames, output=args.output,
                             json_path=args.json, command=_benchmark_command_line(args))
@@ -460,12 +455,12 @@ def add_benchmark_arguments(parser):
                    help=f"Markdown report path (default: {DEFAULT_OUTPUT} for the full run, a temporary file in "
                         "--quick mode)")
     p.add_argument("--json", default=None, help="also write the raw results as JSON")
-    p.add_argument("--sections", nargs="+", choices=SECTIONS, default=None, help="sections to run (default: all)")
+    p.add_argument("--sections", nargs="+", choices=SECTIONS, default=None, metavar="SECTION",
+                   help=f"sections to run, of {{{', '.join(SECTIONS)}}} (default: all)")
     p.add_argument("--threads", type=_positive_int, default=None, help="intra-op threads (default: all cores)")
     p.add_argument("--model-batches", type=_positive_int, nargs="+", default=None, help="models section: batch sizes")
     p.add_argument("--model-frames", type=int, nargs="+", choices=(8, 32), default=None,
                    help="models section: clip lengths")
-    p.add_argument("--probe", default=None, help=argparse.SUPPRESS)
     return parser
 
 

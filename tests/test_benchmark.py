@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from nonlocal_zoo import benchmark
+from nonlocal_zoo import benchmark, cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -50,9 +50,9 @@ def test_quick_block_and_chunking_sections_in_process(tmp_path):
 
 def test_cli_errors():
     with pytest.raises(SystemExit):
-        benchmark.main(["--threads", "0"])
+        cli.main(["benchmark", "--threads", "0"])
     with pytest.raises(SystemExit):
-        benchmark.main(["--sections", "nonsense"])
+        cli.main(["benchmark", "--sections", "nonsense"])
 
 
 @pytest.mark.slow

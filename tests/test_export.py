@@ -160,7 +160,7 @@ def test_onnx_round_trip(tiny, out_dir):
 
 
 def _tflite_ops(path):
-    interpreter = export._tflite_interpreter(path)
+    interpreter = export.tflite_interpreter(path)
     return [op["op_name"] for op in interpreter._get_ops_details()]
 
 
@@ -226,7 +226,7 @@ def test_pool_lowering_matches_tf_3d_pools(size, strides):
     x = tf.constant(np.random.default_rng(0).standard_normal((2, 7, 9, 11, 3)), tf.float32)
     for pool, reference in (("max", tf.nn.max_pool3d), ("avg", tf.nn.avg_pool3d)):
         expected = reference(x, size, strides, "VALID").numpy()
-        actual = export._pool3d_as_2d(x, size, strides, pool).numpy()
+        actual = export.pool3d_as_2d(x, size, strides, pool).numpy()
         assert actual.shape == expected.shape
         np.testing.assert_allclose(actual, expected, rtol=1e-6, atol=1e-6)
 
@@ -238,14 +238,14 @@ def test_conv_lowering_matches_tf_conv3d(kernel, strides):
     x = tf.constant(rng.standard_normal((2, 7, 13, 11, 4)), tf.float32)
     w = tf.constant(rng.standard_normal((*kernel, 4, 5)), tf.float32)
     expected = tf.nn.conv3d(x, w, (1, *strides, 1), "VALID").numpy()
-    actual = export._conv3d_as_2d(x, w, strides).numpy()
+    actual = export.conv3d_as_2d(x, w, strides).numpy()
     assert actual.shape == expected.shape
     np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_conv_lowering_leaves_full_3d_kernels():
     x = tf.zeros((1, 8, 16, 16, 3))
-    assert export._conv3d_as_2d(x, tf.zeros((5, 7, 7, 3, 4)), (1, 2, 2)) is None
+    assert export.conv3d_as_2d(x, tf.zeros((5, 7, 7, 3, 4)), (1, 2, 2)) is None
 
 
 def test_without_lowering_tflite_names_maxpool3d(tmp_path):

@@ -6,11 +6,13 @@ needed frame, scale jitter, 224 crop, flip, normalise) with 1, 2, ... parallel c
 pool), plus the bare decoder (`read_frames_for` in a thread pool) for comparison. The numbers only mean something
 on an otherwise idle machine: `load_average_before` says how busy it was.
 
-Run: `python -m benchmarks.data_pipeline [--full]`; the harness calls `run(quick=True)`.
+This is the `pipeline` section of the harness (`bench_pipeline`: the pipeline against the models' consumption rate
+and plain OpenCV decoding). Alone: `python -m benchmarks.data_pipeline [--full]` (`measure_pipeline`).
+
+Example:
+    >>> measure_pipeline(quick=True)["clips_per_s"]["dataset_parallel_2"]
 """
-import argparse
 import concurrent.futures
-import json
 import os
 import resource
 import tempfile
@@ -18,8 +20,11 @@ import time
 
 import numpy as np
 
+from nonlocal_zoo.benchmark.timing import time_interleaved
 
-def _write_clips(folder, *, num_clips, num_frames, height=256, width=340, fps=25, seed=0):
+
+def write_clips(folder, *, num_clips, num_frames, height=256, width=340, fps=25, seed=0):
+    """Synthetic Kinetics-like clips (smooth moving content, MPEG-4 Part 2) in `folder/class0/`; returns the paths."""
     import cv2
 
     rng = np.random.default_rng(seed)
@@ -79,7 +84,7 @@ def _time_decoder(paths, *, workers, repeats):
     return repeats / elapsed, (_cpu_seconds() - cpu) / elapsed
 
 
-def run(quick=True):
+def measure_pipeline(quick=True):
     """Measure clip throughput with 1 and 2 (quick) or 1, 2, 4 and AUTOTUNE parallel calls.
 
     Frame counts are cached first (steady state: from the second epoch on, decoding stops at the last needed frame);
@@ -102,7 +107,7 @@ def run(quick=True):
               "clip": f"{num_frames} frames 340x256 mp4v, 8x8 official sampling, 224 crop, batch 4",
               "clips_per_s": {}, "cores_busy": {}}
     with tempfile.TemporaryDirectory() as folder:
-        paths = _write_clips(folder, num_clips=num_clips, num_frames=num_frames)
+        paths = write_clips(folder, num_clips=num_clips, num_frames=num_frames)
         cold, busy = _time_dataset(folder, parallel=2, repeats=max(1, num_clips // 4 - 1))
         result["clips_per_s"]["cold_dataset_parallel_2"] = round(cold, 2)
         result["cores_busy"]["cold_dataset_parallel_2"] = round(busy, 2)
@@ -128,8 +133,41 @@ def run(quick=True):
     return result
 
 
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--full", action="store_true", help="more clips and settings")
-    args = parser.parse_args()
-    print(json.dumps(run(quick=not args.full), indent=2))
+def bench_pipeline(cfg, models, log):
+    """The input pipeline's clips/s (`measure_pipeline`) against the models' consumption rate."""
+    result = measure_pipeline(quick=cfg["quick"])
+    consumption = {}
+    for row in (models or {}).get("rows", []):
+        timed = [(t["clips_per_s"], t["cpu_median_s"] / row["batch"]) for k, t in row["times"].items()
+                 if k.startswith("tf") and "clips_per_s" in t]
+        if timed:
+            consumption[f"{row['model']} {row['clip']} batch {row['batch']}"] = max(timed)
+    # CPU seconds per clip are robust to other load on a shared machine: decoding cost vs model cost per clip.
+    cpu_per_clip = {k: result["cores_busy"][k] / v for k, v in result.get("clips_per_s", {}).items()
+                    if v and k in result.get("cores_busy", {}) and not k.startswith("cold")}
+    baseline = plain_opencv(num_frames=80 if cfg["quick"] else 150)
+    if baseline:
+        cpu_per_clip["plain sequential OpenCV (whole file, no transforms)"] = baseline["cpu_s_per_clip"]
+    log(f"pipeline: {result}; plain OpenCV {baseline}")
+    return {"result": result, "consumption": consumption, "cpu_s_per_clip": cpu_per_clip, "opencv": baseline}
+
+
+def plain_opencv(num_frames, num_clips=8):
+    """Plain sequential `cv2.VideoCapture.read` of every frame of the pipeline benchmark's synthetic files."""
+    try:
+        import cv2
+    except ImportError:
+        return None
+    with tempfile.TemporaryDirectory() as folder:
+        paths = write_clips(folder, num_clips=num_clips, num_frames=num_frames)
+
+        def decode_all():
+            for path in paths:
+                cap = cv2.VideoCapture(path)
+                while cap.read()[0]:
+                    pass
+                cap.release()
+
+        times = time_interleaved({"opencv": decode_all}, warmup=1, repeats=3)["opencv"]
+    return {"clips_per_s": num_clips / times["median_s"], "cpu_s_per_clip": times["cpu_median_s"] / num_clips,
+            "frames_per_clip": num_frames}

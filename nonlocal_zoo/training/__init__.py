@@ -17,28 +17,94 @@ Example:
     >>> model = load_checkpoint(result.best_checkpoint)
 """
 from nonlocal_zoo.training.callbacks import learning_rate_logger, run_callbacks
-from nonlocal_zoo.training.config import (CONFIG_DIR, DEFAULTS, MIXED_POLICIES, RESUME_FREE_KEYS, SCHEDULES, STAGES,
-                                          STRATEGIES, load_config, parse_overrides, preprocessing_overrides,
-                                          resolve_config)
+from nonlocal_zoo.training.config import (
+    CONFIG_DIR,
+    DEFAULTS,
+    MIXED_POLICIES,
+    RESUME_FREE_KEYS,
+    SCHEDULES,
+    STAGES,
+    STRATEGIES,
+    load_config,
+    parse_overrides,
+    preprocessing_overrides,
+    resolve_config,
+)
 from nonlocal_zoo.training.data import TrainingData, is_file_source, training_data
 from nonlocal_zoo.training.distribute import get_strategy, worker_info
 from nonlocal_zoo.training.loop import finetune
-from nonlocal_zoo.training.model import (build_training_model, convert_to_sync_batchnorm, freeze_stages,
-                                         mixed_policy, normalization_variable_paths, stage_of_layer)
-from nonlocal_zoo.training.optim import (make_lr_schedule, momentum_sgd_class, register_keras_objects,
-                                         scaled_learning_rate, step_decay_class)
-from nonlocal_zoo.training.run_folder import (CLASS_NAMES, CSV_LOG, RUN_CONFIG, RUN_FILES, WORKERS_DIR,
-                                              FinetuneResult, RunPaths, load_checkpoint, read_class_names, read_log,
-                                              write_run_files)
+from nonlocal_zoo.training.model import (
+    build_training_model,
+    convert_to_sync_batchnorm,
+    freeze_stages,
+    mixed_policy,
+    normalization_variable_paths,
+    stage_of_layer,
+)
+from nonlocal_zoo.training.optim import (
+    make_lr_schedule,
+    momentum_sgd_class,
+    register_keras_objects,
+    scaled_learning_rate,
+    step_decay_class,
+)
+from nonlocal_zoo.training.run_folder import (
+    CLASS_NAMES,
+    CSV_LOG,
+    RUN_CONFIG,
+    RUN_FILES,
+    WORKERS_DIR,
+    FinetuneResult,
+    RunPaths,
+    load_checkpoint,
+    read_class_names,
+    read_log,
+    write_run_files,
+)
 
 __all__ = [
-    "CLASS_NAMES", "CONFIG_DIR", "CSV_LOG", "DEFAULTS", "FinetuneResult", "MIXED_POLICIES", "MomentumSGD",
-    "RESUME_FREE_KEYS", "RUN_CONFIG", "RUN_FILES", "RunPaths", "SCHEDULES", "STAGES", "STRATEGIES", "StepDecay",
-    "TrainingData", "WORKERS_DIR", "build_training_model", "convert_to_sync_batchnorm", "finetune", "freeze_stages",
-    "get_strategy", "is_file_source", "learning_rate_logger", "load_checkpoint", "load_config", "make_lr_schedule",
-    "mixed_policy", "momentum_sgd_class", "normalization_variable_paths", "parse_overrides",
-    "preprocessing_overrides", "read_class_names", "read_log", "register_keras_objects", "resolve_config",
-    "run_callbacks", "scaled_learning_rate", "stage_of_layer", "step_decay_class", "training_data", "worker_info",
+    "CLASS_NAMES",
+    "CONFIG_DIR",
+    "CSV_LOG",
+    "DEFAULTS",
+    "MIXED_POLICIES",
+    "RESUME_FREE_KEYS",
+    "RUN_CONFIG",
+    "RUN_FILES",
+    "SCHEDULES",
+    "STAGES",
+    "STRATEGIES",
+    "WORKERS_DIR",
+    "FinetuneResult",
+    "MomentumSGD",
+    "RunPaths",
+    "StepDecay",
+    "TrainingData",
+    "build_training_model",
+    "convert_to_sync_batchnorm",
+    "finetune",
+    "freeze_stages",
+    "get_strategy",
+    "is_file_source",
+    "learning_rate_logger",
+    "load_checkpoint",
+    "load_config",
+    "make_lr_schedule",
+    "mixed_policy",
+    "momentum_sgd_class",
+    "normalization_variable_paths",
+    "parse_overrides",
+    "preprocessing_overrides",
+    "read_class_names",
+    "read_log",
+    "register_keras_objects",
+    "resolve_config",
+    "run_callbacks",
+    "scaled_learning_rate",
+    "stage_of_layer",
+    "step_decay_class",
+    "training_data",
+    "worker_info",
     "write_run_files",
 ]
 

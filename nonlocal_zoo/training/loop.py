@@ -25,15 +25,36 @@ import os
 import warnings
 
 from nonlocal_zoo.training.callbacks import best_logged_value, run_callbacks
-from nonlocal_zoo.training.config import DEFAULTS, RESUME_FREE_KEYS, load_config, preprocessing_overrides, resolve_config
+from nonlocal_zoo.training.config import (
+    DEFAULTS,
+    RESUME_FREE_KEYS,
+    load_config,
+    preprocessing_overrides,
+    resolve_config,
+)
 from nonlocal_zoo.training.data import training_data
-from nonlocal_zoo.training.distribute import (get_strategy, prepare_multiworker_model, strategy_display_name,
-                                              strategy_setting, worker_info)
+from nonlocal_zoo.training.distribute import (
+    get_strategy,
+    prepare_multiworker_model,
+    strategy_display_name,
+    strategy_setting,
+    worker_info,
+)
 from nonlocal_zoo.training.model import build_training_model, mixed_policy, trainable_parameter_count
 from nonlocal_zoo.training.optim import make_lr_schedule, scaled_learning_rate
-from nonlocal_zoo.training.run_folder import (WORKERS_DIR, FinetuneResult, RunPaths, clear_run,
-                                              clear_unfinished_epochs, history_from_log, leave_worker_folder,
-                                              load_checkpoint, read_class_names, read_log, write_run_files)
+from nonlocal_zoo.training.run_folder import (
+    WORKERS_DIR,
+    FinetuneResult,
+    RunPaths,
+    clear_run,
+    clear_unfinished_epochs,
+    history_from_log,
+    leave_worker_folder,
+    load_checkpoint,
+    read_class_names,
+    read_log,
+    write_run_files,
+)
 
 
 def _say(verbose, *lines):
