@@ -248,6 +248,37 @@ def test_conv_lowering_leaves_full_3d_kernels():
     assert export.conv3d_as_2d(x, tf.zeros((5, 7, 7, 3, 4)), (1, 2, 2)) is None
 
 
+def test_lower_for_tflite_clone_computes_the_same_model():
+    """The public-API lowering (clone_model) replaces the 3-D layers, also inside a nested model, keeps every other
+    layer shared, and gives the model's outputs."""
+    from nonlocal_zoo.layers import NonLocalBlock
+
+    inner_in = keras.Input((5, 7, 7, 8))
+    inner = keras.Model(inner_in, keras.layers.Conv3D(8, (3, 1, 1), name="inner_conv")(inner_in), name="inner")
+    inputs = keras.Input((12, 36, 36, 3))
+    x = keras.layers.Conv3D(8, (3, 5, 5), strides=(2, 2, 2), name="stem")(inputs)  # stays 3-D: (5, 16, 16)
+    x = keras.layers.Conv3D(8, (1, 3, 3), strides=(1, 1, 1), name="spatial")(x)
+    x = keras.layers.MaxPooling3D((1, 2, 2), name="pool")(x)
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    x = inner(x)
+    x = NonLocalBlock(name="nl")(x)
+    x = keras.layers.AveragePooling3D((2, 2, 2), strides=1, name="head_pool")(x)
+    model = keras.Model(inputs, keras.layers.GlobalAveragePooling3D()(x), name="lowering_check")
+    clips = np.random.default_rng(5).normal(size=(2, 12, 36, 36, 3)).astype("float32")
+    randomize(model, clips * STD + MEAN)
+    lowered = export.lower_for_tflite(model)
+    assert lowered.name == model.name and lowered.get_layer("bn") is model.get_layer("bn")
+    for name in ("stem", "spatial", "pool", "nl", "head_pool"):
+        assert type(lowered.get_layer(name)).__name__.startswith("Lowered"), name
+    assert type(lowered.get_layer("inner").get_layer("inner_conv")).__name__ == "LoweredConv3D"
+    assert type(model.get_layer("pool")) is keras.layers.MaxPooling3D  # the original is left as it was
+    np.testing.assert_allclose(np.asarray(lowered(clips, training=False)), np.asarray(model(clips, training=False)),
+                               rtol=1e-5, atol=1e-5)
+    graph = tf.function(lambda a: lowered(a, training=False)).get_concrete_function(tf.TensorSpec(clips.shape))
+    ops = [op.type for op in graph.graph.get_operations()]
+    assert "MaxPool3D" not in ops and "AvgPool3D" not in ops and ops.count("Conv3D") == 1  # only the 3x5x5 stem
+
+
 def test_without_lowering_tflite_names_maxpool3d(tmp_path):
     inputs = keras.Input((4, 8, 8, 3), name="clip")
     x = keras.layers.MaxPooling3D((1, 2, 2), name="pool1")(inputs)
