@@ -190,7 +190,7 @@ def _cmd_finetune(args, *, callbacks=None):
 
 
 def _cmd_convert(args):
-    from nonlocal_zoo.pretrained.loading import convert_checkpoint
+    from nonlocal_zoo.models.conversion import convert_checkpoint
 
     out = convert_checkpoint(args.source, model=args.model, out=args.out, format=args.format)
     print(f"wrote {out}")

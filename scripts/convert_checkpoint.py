@@ -27,7 +27,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     from nonlocal_zoo.presets import list_models
-    from nonlocal_zoo.pretrained.loading import convert_checkpoint, read_provenance
+    from nonlocal_zoo.models.conversion import convert_checkpoint
+    from nonlocal_zoo.pretrained.loading import read_provenance
 
     models = list_models(pretrained=True) if args.all else (args.model or [])
     if not models:

@@ -321,15 +321,15 @@ def test_input_tensor_and_factory_and_names():
 
 
 def test_weights_go_through_the_loader(monkeypatch, tmp_path):
-    # The contract with nonlocal_zoo.pretrained: create_model hands weights to `loading.load_weights`.
+    # The contract with the weight loader: create_model hands weights to `nonlocal_zoo.models.weights.load_weights`.
     calls = []
-    loading = pytest.importorskip("nonlocal_zoo.pretrained.loading")
+    loading = pytest.importorskip("nonlocal_zoo.models.weights")
     monkeypatch.setattr(loading, "load_weights",
                         lambda model, weights, **kwargs: calls.append((model.name, weights, kwargs)))
     model = create_model("i3d_nl5_r50_8x8_kinetics400", weights="kinetics400", input_shape=(8, 32, 32, 3),
                          nonlocal_chunk_size=64)  # a weight-neutral override is allowed
     assert calls == [("i3d_nl5_r50_8x8_kinetics400", "kinetics400",
-                      {"preset": "i3d_nl5_r50_8x8_kinetics400", "include_top": True, "classes": 400})]
+                      {"preset": "i3d_nl5_r50_8x8_kinetics400", "include_top": True, "classes": 400, "format": None})]
     assert model.get_layer("nonlocal_conv3_1").chunk_size == 64
     # A weights file may carry another head (keras.applications checks `classes` only for its own weights).
     path = tmp_path / "finetuned.weights.h5"
@@ -337,7 +337,8 @@ def test_weights_go_through_the_loader(monkeypatch, tmp_path):
     create_model("i3d_nl5_r50_8x8_kinetics400", weights=path, input_shape=(8, 32, 32, 3), classes=10,
                  include_top=True)
     assert calls[-1] == ("i3d_nl5_r50_8x8_kinetics400", path,
-                         {"preset": "i3d_nl5_r50_8x8_kinetics400", "include_top": True, "classes": 10})
+                         {"preset": "i3d_nl5_r50_8x8_kinetics400", "include_top": True, "classes": 10,
+                          "format": None})
 
 
 @pytest.mark.parametrize("kwargs, match", [

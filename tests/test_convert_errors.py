@@ -26,7 +26,8 @@ from nonlocal_zoo.pretrained.convert import (
     get_format,
     register_format,
 )
-from nonlocal_zoo.pretrained.loading import convert_checkpoint, load_weights
+from nonlocal_zoo.models.conversion import convert_checkpoint
+from nonlocal_zoo.models.weights import load_weights
 from nonlocal_zoo.pretrained.pickle_io import UnsafePickleError, load_caffe2_pickle
 
 PRESET = "i3d_nl5_r50_8x8_kinetics400"  # official "repo" geometry

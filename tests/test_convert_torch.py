@@ -22,7 +22,7 @@ from tests.torch_references import (
 
 from nonlocal_zoo.models import create_model
 from nonlocal_zoo.pretrained.convert import read_checkpoint
-from nonlocal_zoo.pretrained.loading import load_weights
+from nonlocal_zoo.models.weights import load_weights
 
 DEPTHS = [2, 2, 2, 2]
 WIDTH = 8

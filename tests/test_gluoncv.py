@@ -127,7 +127,7 @@ def test_kinetics400_download_verifies_sha1_and_converts(server, monkeypatch, ho
     model = create_model(preset, weights="kinetics400", input_shape=SHAPE, classifier_activation=None)
     assert_matches_reference(model, checkpoint)
     assert trainable_parameters(model) == checkpoint.parameters
-    assert (home / "converted" / f"{preset}.weights.h5").is_file()
+    assert (home / "converted" / f"{preset}.h5").is_file()
 
     # A file whose SHA-1 is not the published one is refused and not kept.
     other = f"{GLUONCV[preset]}-{'0' * 8}.pth"

@@ -28,17 +28,13 @@ from tests.torch_references import (
 )
 
 from nonlocal_zoo.models import create_model
+from nonlocal_zoo.models import weights as weights_module
+from nonlocal_zoo.models.conversion import convert_checkpoint, push_to_hub
+from nonlocal_zoo.models.weights import load_weights
 from nonlocal_zoo.presets import PRESETS
-from nonlocal_zoo.pretrained import loading
-from nonlocal_zoo.pretrained.convert import CONVERTER_VERSION
+from nonlocal_zoo.pretrained.convert import CANONICAL_FORMAT, CONVERTER_VERSION
 from nonlocal_zoo.pretrained.download import ChecksumError, DownloadError, OfflineError
-from nonlocal_zoo.pretrained.loading import (
-    convert_checkpoint,
-    download_preset,
-    load_weights,
-    push_to_hub,
-    read_provenance,
-)
+from nonlocal_zoo.pretrained.loading import download_preset, read_provenance
 
 PRESET = "i3d_nl5_r50_8x8_kinetics400"
 DEPTHS = [1, 1, 1, 1]
@@ -87,15 +83,17 @@ def upstream(server, monkeypatch):  # noqa: F811
 
 @pytest.fixture
 def conversions(monkeypatch):
-    """Counts the conversions that `loading` runs."""
+    """Counts the conversions of upstream checkpoints that `load_weights` runs (reads of the canonical cache are
+    not conversions)."""
     calls = []
-    original = loading.assign_checkpoint
+    original = weights_module.assign_checkpoint
 
     def counting(*args, **kwargs):
-        calls.append(args[1])
+        if kwargs.get("format") != CANONICAL_FORMAT:
+            calls.append(args[1])
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(loading, "assign_checkpoint", counting)
+    monkeypatch.setattr(weights_module, "assign_checkpoint", counting)
     return calls
 
 
@@ -112,7 +110,7 @@ def test_kinetics400_download_verify_convert_cache(upstream, conversions, home):
     assert_logits_match(keras_logits(model, upstream.x), upstream.expected)
     assert upstream.requests() == 1 and len(conversions) == 1
 
-    converted = home / "converted" / f"{PRESET}.weights.h5"
+    converted = home / "converted" / f"{PRESET}.h5"
     record = json.loads((home / "converted" / f"{PRESET}.provenance.json").read_text())
     assert record["preset"] == PRESET and record["converter_version"] == CONVERTER_VERSION
     assert record["source"]["url"] == upstream.server.url(URL_PATH)
@@ -135,9 +133,69 @@ def test_kinetics400_download_verify_convert_cache(upstream, conversions, home):
     assert upstream.requests() == 1 and len(conversions) == 1
 
 
+@pytest.fixture
+def builds(monkeypatch):
+    """Records every backbone that is built (`apply_backbone`, directly or through `build_backbone`)."""
+    from nonlocal_zoo.models import backbone, factories
+
+    calls = []
+    for module, name in ((factories, "apply_backbone"), (backbone, "apply_backbone"), (backbone, "build_backbone")):
+        original = getattr(module, name)
+
+        def counting(*args, _original=original, _name=name, **kwargs):
+            calls.append(_name)
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, counting)
+    return calls
+
+
+def test_first_kinetics400_load_builds_one_model(upstream, conversions, builds, home):
+    # The first load converts straight into the model being built: one backbone, no second model, and the same
+    # logits as the official network (the converter tests' reference).
+    model = _kinetics_model()
+    assert builds == ["apply_backbone"]
+    assert len(conversions) == 1 and upstream.requests() == 1
+    assert_logits_match(keras_logits(model, upstream.x), upstream.expected)
+    # The cache was written from those tensors (canonical names, independent of the Keras layout) ...
+    converted = home / "converted" / f"{PRESET}.h5"
+    assert read_provenance(converted)["weights_sha256"] == hashlib.sha256(converted.read_bytes()).hexdigest()
+    # ... and the second load reads it: again one backbone, no conversion, identical logits.
+    builds.clear()
+    again = _kinetics_model()
+    assert builds == ["apply_backbone"] and len(conversions) == 1 and upstream.requests() == 1
+    np.testing.assert_array_equal(keras_logits(again, upstream.x), keras_logits(model, upstream.x))
+
+
+def test_headless_first_load_caches_the_head_too(upstream, conversions, builds, home):
+    headless = create_model(PRESET, weights="kinetics400", include_top=False, input_shape=SHAPE)
+    assert builds == ["apply_backbone"] and len(conversions) == 1
+    # The full model later comes from the cache (the head included), without converting again.
+    full = _kinetics_model()
+    assert len(conversions) == 1 and upstream.requests() == 1
+    assert_logits_match(keras_logits(full, upstream.x), upstream.expected)
+    np.testing.assert_array_equal(keras_logits(headless, upstream.x), keras_logits(_res5(full), upstream.x))
+    # The cache file itself loads as weights of the preset (it is a canonical .h5, not a Keras layout).
+    from_file = create_model(PRESET, weights=home / "converted" / f"{PRESET}.h5", input_shape=SHAPE,
+                             classifier_activation=None)
+    np.testing.assert_array_equal(keras_logits(from_file, upstream.x), keras_logits(full, upstream.x))
+
+
+def test_preset_comes_from_the_argument_or_attribute_never_the_name(upstream):
+    model = create_model(PRESET, input_shape=SHAPE, classifier_activation=None)
+    assert model.name == PRESET
+    with pytest.raises(ValueError, match="needs the preset.*preset=None"):
+        load_weights(model, "kinetics400")
+    model.preset = PRESET  # what a VideoClassifier carries
+    load_weights(model, "kinetics400")
+    assert_logits_match(keras_logits(model, upstream.x), upstream.expected)
+    with pytest.raises(ValueError, match="format='caffe2_pkl'"):
+        load_weights(model, "kinetics400", format="caffe2_pkl")
+
+
 def test_corrupted_converted_cache_is_converted_again(upstream, conversions, home):
     reference = keras_logits(_kinetics_model(), upstream.x)
-    converted = home / "converted" / f"{PRESET}.weights.h5"
+    converted = home / "converted" / f"{PRESET}.h5"
     data = bytearray(converted.read_bytes())
     data[-100] ^= 0xFF
     converted.write_bytes(bytes(data))
@@ -170,7 +228,7 @@ def test_headless_and_other_classes_get_the_body_only(upstream):
                                rtol=1e-5, atol=1e-5)
     ten = create_model(PRESET, classes=10, input_shape=SHAPE)
     fresh = np.array(ten.get_layer("pred").kernel.numpy())
-    load_weights(ten, "kinetics400", classes=10)
+    load_weights(ten, "kinetics400", preset=PRESET, classes=10)
     np.testing.assert_array_equal(ten.get_layer("pred").kernel.numpy(), fresh)
     np.testing.assert_array_equal(keras_logits(_res5(ten), upstream.x), features)
 
@@ -180,14 +238,14 @@ def test_wrong_hash_is_rejected_and_nothing_is_cached(upstream, monkeypatch, hom
     with pytest.raises(ChecksumError, match=upstream.sha256):
         _kinetics_model()
     assert not (home / "downloads" / "i3d_nonlocal_8x8_IN_pretrain_400k.pkl").exists()
-    assert not list((home / "converted").glob("*.weights.h5"))
+    assert not list((home / "converted").glob("*.h5"))
 
 
 def test_truncated_download_and_offline_miss(upstream, home):
     upstream.server.modes[URL_PATH] = "drop"
     with pytest.raises(DownloadError, match="truncated|interrupted"):
         _kinetics_model()
-    assert not list((home / "converted").glob("*.weights.h5"))
+    assert not list((home / "converted").glob("*.h5"))
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("NONLOCAL_ZOO_OFFLINE", "1")
         with pytest.raises(OfflineError, match="i3d_nonlocal_8x8_IN_pretrain_400k.pkl"):
@@ -290,7 +348,7 @@ def test_push_model_with_fallback_card(upstream, local_hub, monkeypatch):
     monkeypatch.setitem(sys.modules, "nonlocal_zoo.model_cards", None)  # the card generator is unavailable
     model = _kinetics_model()
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    push_to_hub(model, "hf://me/tiny2")
+    push_to_hub(model, "hf://me/tiny2", preset=PRESET)
     card = (local_hub / "hub" / "models--me--tiny2" / "snapshots" / COMMIT / "README.md").read_text()
     for text in ("license: cc-by-nc-4.0", "i3d_nonlocal_8x8_IN_pretrain_400k.pkl", "top-1 74.7", "114.75",
                  "10 clips x 3 crops", 'weights="hf://me/tiny2"'):

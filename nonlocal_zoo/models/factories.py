@@ -59,6 +59,7 @@ def create_model(
     fully_convolutional=False,
     dropout_rate=0.5,
     model_name=None,
+    format=None,
     **overrides,
 ):
     """Build the model of a preset (see `nonlocal_zoo.list_models()`), optionally with its weights.
@@ -67,7 +68,7 @@ def create_model(
         name: preset name, e.g. `"i3d_nl5_r50_32x2_kinetics400"`.
         weights: `None` (random initialisation), `"kinetics400"` (the preset's published checkpoint, converted on
             this machine), a path to a weights file, or an `"hf://org/repo"` handle. Loading goes through
-            `nonlocal_zoo.pretrained.loading.load_weights`.
+            `nonlocal_zoo.models.weights.load_weights`.
         include_top: add the classification head (`pool5`, `dropout`, `pred`). Defaults to `True`.
         input_tensor: optional Keras tensor to use as the model input.
         input_shape: `(frames, height, width, channels)`; `None` entries allowed. Defaults to
@@ -83,6 +84,9 @@ def create_model(
             (global average pool, then `pred`, as mmaction2 and gluon-cv test).
         dropout_rate: dropout before `pred` (training only). Defaults to 0.5.
         model_name: the Keras model name. Defaults to the preset name (see `preset_of`).
+        format: with `weights` a local upstream checkpoint: its format (`nonlocal_zoo.pretrained.convert
+            .list_formats()`). None detects it and refuses a file of another framework or flavour than the preset's
+            (e.g. a gluon-cv `.pth` for a PySlowFast preset); naming the format loads it anyway.
         **overrides: architecture arguments replacing the preset's (see `build_backbone`), e.g.
             `nonlocal_chunk_size=1024`. Overrides that change the architecture are refused with `weights`.
 
@@ -96,6 +100,11 @@ def create_model(
     """
     preset = get_preset(name)
     _check_weights(name, preset, weights)
+    if format is not None and (weights is None or os.fspath(weights) == PRETRAINED_WEIGHTS):
+        raise ValueError(
+            "`format` names the format of a local checkpoint file given as `weights`. "
+            f"Received: format={format!r}, weights={weights!r}"
+        )
     arch = normalize_arch(**preset["arch"])
     if overrides:
         overridden = normalize_arch(**{**preset["arch"], **overrides})
@@ -158,9 +167,10 @@ def create_model(
         x = keras.layers.GlobalMaxPooling3D(name="max_pool")(x)
     model = keras.Model(model_inputs, x, name=model_name or name)
     if weights is not None:
-        from nonlocal_zoo.pretrained.loading import load_weights
+        from nonlocal_zoo.models import weights as weights_loader
 
-        load_weights(model, weights, preset=name, include_top=include_top, classes=classes)
+        weights_loader.load_weights(model, weights, preset=name, include_top=include_top, classes=classes,
+                                    format=format)
     return model
 
 

@@ -37,7 +37,24 @@ from pathlib import Path
 import numpy as np
 
 # Bump when a change to the converters changes the bytes they produce: cached conversions are then redone.
-CONVERTER_VERSION = "1"
+# "2": the cache holds canonical tensors (`CANONICAL_FORMAT`), not a Keras weights file of one model layout.
+CONVERTER_VERSION = "2"
+
+# Our own format: canonical names, canonical layouts, in HDF5 (the converted cache; see `write_canonical_h5`).
+CANONICAL_FORMAT = "nonlocal_zoo_h5"
+_CANONICAL_MARK = "nonlocal_zoo_canonical"
+
+# The architecture variant ("flavour") that a preset's declared checkpoint format stands for. Checkpoints of two
+# flavours can have the same tensor shapes and still compute different networks (stems, pool1 padding, NL
+# subsampling and scale), so a file of another flavour is refused unless `format=` is given explicitly.
+DECLARED_FLAVOURS = {
+    "caffe2_pkl": "official Caffe2",
+    "pyslowfast_pkl": "PySlowFast",
+    "pyslowfast_pyth": "PySlowFast",
+    "pytorchvideo_pyth": "PySlowFast",  # pytorchvideo's create_resnet is PySlowFast's network (padded pool1)
+    "mmaction2_pth": "mmaction2",
+    "gluoncv_pth": "gluon-cv",
+}
 
 HEAD_LAYER = "pred"
 _TORCH_SUFFIXES = (".pth", ".pyth", ".pt", ".bin", ".ckpt")
@@ -64,6 +81,32 @@ class UnknownFormatError(ValueError):
     """No registered format can read the file, or the requested format is not registered."""
 
 
+class CheckpointFlavourError(ValueError):
+    """The checkpoint comes from another framework or flavour than the model (or preset) it is loaded into.
+
+    Raised when the format detected from the file differs from the preset's declared one, or when a checkpoint's
+    own metadata names another non-local mode than the model's blocks. `format=` given explicitly skips the check.
+
+    Attributes:
+        detected: what the file is (format name, or non-local mode).
+        expected: what the model or preset needs.
+    """
+
+    def __init__(self, message, *, detected=None, expected=None):
+        super().__init__(message)
+        self.detected = detected
+        self.expected = expected
+
+
+class CheckpointState(dict):
+    """`{name: np.ndarray}` as a reader returns it, plus `metadata`: the file's non-tensor records (e.g.
+    mmaction2's `meta`, with the training config), or an empty dict."""
+
+    def __init__(self, *args, metadata=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.metadata = dict(metadata or {})
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Registry
 # ----------------------------------------------------------------------------------------------------------------
@@ -82,6 +125,10 @@ class CheckpointFormat:
         description: one line for messages.
         transform: optional `transform(canonical_name, array) -> array`, for a format whose layouts differ from
             the Caffe2/PyTorch ones (conv `[out, in, kT, kH, kW]`, dense `[out, in]`).
+        flavours: the architecture flavours (`DECLARED_FLAVOURS` values) its files can come from; empty: any.
+            A file is refused for a preset whose declared flavour is not among them.
+        describe: optional `describe(state) -> dict` of what the file says about the network it was trained
+            with (from names or `state.metadata`); the key `"nonlocal_mode"` is checked against the model.
     """
 
     name: str
@@ -91,6 +138,8 @@ class CheckpointFormat:
     suffixes: tuple = ()
     description: str = ""
     transform: Callable | None = None
+    flavours: tuple = ()
+    describe: Callable | None = None
 
 
 _FORMATS = {}
@@ -148,12 +197,14 @@ def get_format(name):
 # Reading
 # ----------------------------------------------------------------------------------------------------------------
 def _reader_kind(path):
-    """'torch' for PyTorch files (by suffix, or a zip archive), else 'pickle'."""
+    """'torch' for PyTorch files (by suffix, or a zip archive), 'h5' for our canonical files, else 'pickle'."""
     suffix = path.suffix.lower()
     if suffix in _TORCH_SUFFIXES:
         return "torch"
     if suffix == ".pkl":
         return "pickle"
+    if suffix == ".h5" and is_canonical_h5(path):
+        return "h5"
     return "torch" if zipfile.is_zipfile(path) else "pickle"
 
 
@@ -185,6 +236,9 @@ def read_checkpoint(path, *, format=None):
     from nonlocal_zoo.pretrained.pickle_io import load_caffe2_pickle, load_torch_state_dict
 
     kind = _reader_kind(path)
+    if kind == "h5":
+        fmt = get_format(CANONICAL_FORMAT)
+        return fmt, fmt.reader(path)
     reader = load_torch_state_dict if kind == "torch" else load_caffe2_pickle
     state = reader(path)
     keys = list(state)
@@ -194,7 +248,78 @@ def read_checkpoint(path, *, format=None):
             f"Could not tell the format of '{path}': its tensor names match none of {list_formats()}. "
             f"First names: {keys[:8]}. Pass format=... explicitly."
         )
+    if len(candidates) > 1:
+        raise UnknownFormatError(
+            f"The tensor names of '{path}' fit several formats: {sorted(f.name for f in candidates)}. "
+            f"Pass format=... explicitly. First names: {keys[:8]}"
+        )
     return candidates[0], state
+
+
+def check_flavour(fmt, expected_format, *, what):
+    """Refuses a detected format whose flavour differs from what a preset declares.
+
+    Args:
+        fmt: the detected `CheckpointFormat`.
+        expected_format: the preset's declared format name (`preset["weights"]["format"]`), or None (no check).
+        what: how to name the checkpoint in the message.
+
+    Raises:
+        CheckpointFlavourError: naming the detected format and flavour and the preset's.
+
+    Example:
+        >>> check_flavour(get_format("gluoncv_pth"), "pyslowfast_pkl", what="'x.pth'")
+        Traceback (most recent call last):
+        CheckpointFlavourError: 'x.pth' is a gluoncv_pth checkpoint (gluon-cv) but the model needs pyslowfast_pkl ...
+    """
+    if expected_format is None or not fmt.flavours:
+        return
+    declared = DECLARED_FLAVOURS.get(expected_format)
+    if declared is None:
+        declared_fmt = get_format(expected_format)
+        if declared_fmt.name == fmt.name or set(declared_fmt.flavours) & set(fmt.flavours):
+            return
+        declared = "/".join(declared_fmt.flavours) or declared_fmt.name
+    elif declared in fmt.flavours:
+        return
+    raise CheckpointFlavourError(
+        f"{what} is a {fmt.name} checkpoint ({' or '.join(fmt.flavours)}: {fmt.description}), but the model needs "
+        f"{expected_format} ({declared}). The shapes may fit, the networks differ (stem, pool1 padding, non-local "
+        f"subsampling/scale), so it is refused. Load it into a preset of its own flavour, or pass "
+        f"format={fmt.name!r} to load it anyway.",
+        detected=fmt.name,
+        expected=expected_format,
+    )
+
+
+def _model_nonlocal_modes(model):
+    from nonlocal_zoo.layers.nonlocal_block import NonLocalBlock
+
+    return {layer.mode for layer in _iter_layers(model) if isinstance(layer, NonLocalBlock)}
+
+
+def check_nonlocal_mode(model, fmt, state, *, what):
+    """Refuses a checkpoint whose own metadata names another non-local mode than the model's blocks.
+
+    (mmaction2 writes its training config, with `non_local_cfg=dict(mode=...)`, into the checkpoint's `meta`; the
+    embedded-Gaussian, dot-product and Gaussian files have the same tensor shapes.)
+
+    Raises:
+        CheckpointFlavourError: naming both modes.
+    """
+    if fmt.describe is None:
+        return
+    mode = (fmt.describe(state) or {}).get("nonlocal_mode")
+    modes = _model_nonlocal_modes(model)
+    if mode is None or not modes or modes == {mode}:
+        return
+    raise CheckpointFlavourError(
+        f"{what} was trained with non-local mode {mode!r} (from its metadata), but the model's non-local blocks "
+        f"use {sorted(modes)}. Load it into a preset with mode {mode!r}, or pass format={fmt.name!r} to load it "
+        "anyway.",
+        detected=mode,
+        expected=sorted(modes),
+    )
 
 
 def to_canonical(state, fmt):
@@ -354,7 +479,8 @@ def mismatch_error(what, *, missing=(), unexpected=(), mismatched=()):
     )
 
 
-def assign_checkpoint(model, checkpoint, *, format=None, include_top=True, classes=None, source=None):
+def assign_checkpoint(model, checkpoint, *, format=None, include_top=True, classes=None, source=None,
+                      expected_format=None):
     """Strictly loads an upstream checkpoint into a model built by `nonlocal_zoo.models`.
 
     Args:
@@ -366,12 +492,16 @@ def assign_checkpoint(model, checkpoint, *, format=None, include_top=True, class
         classes: the model's number of classes; when it differs from the checkpoint's, the head is skipped as with
             `include_top=False`.
         source: how to name the checkpoint in error messages (defaults to the path).
+        expected_format: the format the model's preset declares. When `format` is None (detected), a file of
+            another flavour (`check_flavour`), or one whose metadata names another non-local mode than the
+            model's (`check_nonlocal_mode`), is refused. An explicit `format` skips both checks.
 
     Returns:
         the `CheckpointFormat` that was used.
 
     Raises:
         CheckpointMismatchError: anything missing, unexpected or mis-shaped (nothing is assigned then).
+        CheckpointFlavourError: the file is of another framework or flavour than the preset or the model.
         UnsafePickleError: the file was refused by the safe reader (nothing was executed).
 
     Example:
@@ -386,6 +516,9 @@ def assign_checkpoint(model, checkpoint, *, format=None, include_top=True, class
     else:
         fmt, state = read_checkpoint(checkpoint, format=format)
         what = source or f"Checkpoint '{checkpoint}' ({fmt.name})"
+    if format is None:
+        check_flavour(fmt, expected_format, what=what)
+        check_nonlocal_mode(model, fmt, state, what=what)
     canonical, unexpected = to_canonical(state, fmt)
     pred = canonical.get(f"{HEAD_LAYER}_w")
     skip_head = not include_top or (
@@ -575,3 +708,135 @@ def regex_mapper(rules, *, ignore=(), strip_prefixes=("module.",)):
         return mapping
 
     return map_names
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Our canonical files: canonical names and layouts in HDF5 (the converted cache)
+# ----------------------------------------------------------------------------------------------------------------
+def is_canonical_h5(path):
+    """True when `path` is an HDF5 file written by `write_canonical_h5`."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            return f.attrs.get("format") == _CANONICAL_MARK
+    except (OSError, ValueError):
+        return False
+
+
+def write_canonical_h5(path, arrays, *, attrs=None):
+    """Writes `{canonical name: array}` (canonical layouts) to an HDF5 file, atomically.
+
+    The file is independent of how a Keras model lays out its variables, so one file fills a full model, a
+    headless one, a model with another head or a `VideoClassifier` alike (through `assign_checkpoint`).
+
+    Args:
+        path: the output file.
+        arrays: `{canonical name: np.ndarray}`, e.g. from `to_canonical`.
+        attrs: extra string/number attributes for the file (e.g. the source format).
+
+    Returns:
+        `pathlib.Path` of the file.
+
+    Example:
+        >>> write_canonical_h5("x.h5", {"pred_w": np.zeros((400, 2048), "float32")})
+    """
+    import h5py
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.attrs["format"] = _CANONICAL_MARK
+            f.attrs["converter_version"] = CONVERTER_VERSION
+            for key, value in (attrs or {}).items():
+                f.attrs[key] = value
+            group = f.create_group("tensors")
+            for name, array in arrays.items():
+                group.create_dataset(name, data=np.asarray(array))
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def read_canonical_h5(path):
+    """Reads a file written by `write_canonical_h5` into `{canonical name: np.ndarray}`.
+
+    Raises:
+        ValueError: not such a file (names it).
+    """
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            if f.attrs.get("format") != _CANONICAL_MARK or "tensors" not in f:
+                raise ValueError(f"'{path}' is not a nonlocal_zoo canonical weights file.")
+            group = f["tensors"]
+            return CheckpointState(
+                {name: np.asarray(group[name][()]) for name in group},
+                metadata={key: f.attrs[key] for key in f.attrs},
+            )
+    except OSError as error:
+        raise ValueError(f"Could not read '{path}' as a nonlocal_zoo canonical weights file: {error}") from error
+
+
+register_format(
+    CheckpointFormat(
+        name=CANONICAL_FORMAT,
+        reader=read_canonical_h5,
+        map_names=lambda keys: {key: key for key in keys},
+        suffixes=(".h5",),
+        description="nonlocal_zoo canonical weights (HDF5; the converted cache)",
+    )
+)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Whole Keras models from files
+# ----------------------------------------------------------------------------------------------------------------
+class KerasFileError(ValueError):
+    """A `.keras` file (or Keras model folder) could not be loaded: damaged, or its config asks for something
+    that is not allowed (a `Lambda` layer, an unknown or non-Keras class). Nothing from it was executed."""
+
+
+def load_keras_model(path, *, compile=False):
+    """`keras.saving.load_model(path, safe_mode=True)` that turns every failure into one `KerasFileError`.
+
+    Keras refuses `Lambda` layers (safe mode) and classes outside Keras and the registered custom objects, but
+    says so with a `TypeError`/`ValueError` deep in its deserialisation; this names the file and the reason.
+
+    Args:
+        path: a `.keras` file or a Keras model folder.
+        compile: also restore the training configuration.
+
+    Returns:
+        the `keras.Model`.
+
+    Raises:
+        FileNotFoundError: no such file.
+        KerasFileError: anything else that stops the load.
+
+    Example:
+        >>> model = load_keras_model("runs/x/best.keras")
+    """
+    import keras
+
+    import nonlocal_zoo.layers  # noqa: F401  (registers the zoo's layers for deserialisation)
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"No such Keras model file: {path}")
+    try:
+        return keras.saving.load_model(str(path), compile=compile, safe_mode=True)
+    except (TypeError, ValueError, KeyError, AttributeError, OSError, zipfile.BadZipFile, NotImplementedError) as error:
+        reason = " ".join(str(error).split())
+        if len(reason) > 400:
+            reason = reason[:400] + " ..."
+        raise KerasFileError(
+            f"Could not load the Keras model '{path}' ({type(error).__name__}): {reason}. Nothing from it was "
+            "executed. Only models made of Keras and nonlocal_zoo layers load; a Lambda layer or an unknown class "
+            "in its config is refused."
+        ) from None

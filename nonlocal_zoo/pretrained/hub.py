@@ -128,7 +128,13 @@ def resolve_hf(
     return folder
 
 
-def _repo_id(repo_id):
+def normalize_repo_id(repo_id):
+    """`'org/repo'` or `'hf://org/repo'` -> `'org/repo'`; ValueError for anything else (a revision, a file, ...).
+
+    Example:
+        >>> normalize_repo_id("hf://me/i3d")
+        'me/i3d'
+    """
     if isinstance(repo_id, str) and repo_id.startswith(HF_SCHEME):
         parsed, revision, filename = parse_hf_uri(repo_id)
         if revision or filename:
@@ -172,7 +178,7 @@ def upload_folder_to_hub(
     """
     from huggingface_hub import HfApi
 
-    repo_id = _repo_id(repo_id)
+    repo_id = normalize_repo_id(repo_id)
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"`folder` must be an existing directory. Received: folder={str(folder)!r}")
@@ -218,10 +224,11 @@ def push_to_hub(
     """
     import keras
 
-    repo_id = _repo_id(repo_id)
+    repo_id = normalize_repo_id(repo_id)
     with tempfile.TemporaryDirectory(prefix="nonlocal_zoo_push_") as tmp:
         folder = Path(tmp) / "model"
         keras.saving.save_model(model, str(folder), zipped=False)
         return upload_folder_to_hub(
             folder, repo_id, token=token, private=private, commit_message=commit_message, card=card
         )
+

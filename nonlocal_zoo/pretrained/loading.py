@@ -1,21 +1,17 @@
-"""`weights=` for every model: None, "kinetics400", a local file, or "hf://org/repo"; plus download/convert/push.
+"""Published weights of the presets: download, verified cache of converted tensors, provenance, model cards.
 
-- `"kinetics400"`: the preset's upstream checkpoint is downloaded and verified (`download.fetch`), converted
-  strictly (`convert.assign_checkpoint`) and the converted `.weights.h5` is cached under
-  `cache_dir()/converted/<preset>.weights.h5` with `<preset>.provenance.json` (source URL and sha256, converter
-  version, sha256 of the converted file). Later calls verify the recorded sha256 and load the cached file; a
-  cached file that fails the check is converted again.
-- a local path: `.pkl` (Caffe2), `.pth`/`.pyth` (PySlowFast, pytorchvideo, mmaction2; needs torch) are converted on
-  the fly; `.weights.h5` and `.keras` files (and Keras model folders) are loaded strictly.
-- `"hf://org/repo[@revision][/file]"`: resolved through `hub.resolve_hf` (huggingface_hub, its cache, offline
-  mode), then loaded as a local path.
+- `download_preset(name)`: the preset's upstream checkpoint, downloaded once and verified (`download.fetch`).
+- the converted cache: `cache_dir()/converted/<preset>.h5` holds the checkpoint's tensors under canonical names
+  and layouts (`convert.CANONICAL_FORMAT`, independent of how any one Keras model lays out its variables), with
+  `<preset>.provenance.json` beside it (source URL and sha256, converter version, sha256 of the converted file).
+  `valid_converted` verifies the record and the file before it is used; a file that fails is converted again.
+  `write_converted` writes both atomically, under `conversion_lock(name)`.
+- `minimal_model_card(name)`: a short model card from the registry.
 
-`include_top=False`, or a `classes` count that differs from the checkpoint's, loads everything but the `pred`
-layer, which keeps its fresh initialisation.
-
-Building a model of a preset (to convert into, or to read a whole-model weights file for a headless model) uses
-`nonlocal_zoo.models`, imported inside the functions that need it.
+Loading weights into a model (`load_weights`, `create_model(weights=...)`), `convert_checkpoint` and
+`push_to_hub` live in `nonlocal_zoo.models.weights`, one floor up: this module never builds a model.
 """
+import contextlib
 import datetime
 import json
 import logging
@@ -26,12 +22,11 @@ from nonlocal_zoo.presets import PRESETS, get_preset
 from nonlocal_zoo.pretrained.convert import (
     CONVERTER_VERSION,
     HEAD_LAYER,
-    assign_checkpoint,
-    atomic_save,
-    h5_weight_count,
-    load_keras_weights_strict,
+    mismatch_error,
     provenance_path,
-    transfer_weights,
+    read_checkpoint,
+    to_canonical,
+    write_canonical_h5,
 )
 from nonlocal_zoo.pretrained.download import cache_dir, fetch, hash_file
 from nonlocal_zoo.pretrained.validate import preset_validator
@@ -42,14 +37,15 @@ PRETRAINED_TAG = "kinetics400"
 CONVERTED_SUBDIR = "converted"
 DOWNLOADS_SUBDIR = "downloads"
 KINETICS400_CLASSES = 400
-PROVENANCE_VERSION = 1
+PROVENANCE_VERSION = 2
 _HASH_KEYS = ("sha256", "sha256_prefix", "sha1", "sha1_prefix")
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Presets: download, convert, cache
 # ----------------------------------------------------------------------------------------------------------------
-def _published_weights(name):
+def published_weights(name):
+    """The `weights` entry of a preset; ValueError (listing the presets that have weights) when it has none."""
     preset = get_preset(name)
     if preset["weights"] is None:
         with_weights = sorted(n for n, p in PRESETS.items() if p["weights"] is not None)
@@ -79,7 +75,7 @@ def download_preset(name, *, progress=True, offline=None):
         >>> download_preset("i3d_nl5_r50_32x2_kinetics400")
         PosixPath('/home/me/.keras/nonlocal_zoo/downloads/i3d_nonlocal_32x2_IN_pretrain_400k.pkl')
     """
-    w = _published_weights(name)
+    w = published_weights(name)
     hashes = {key: w.get(key) for key in _HASH_KEYS}
     return fetch(
         w["url"], file_name=w["file_name"], subdir=DOWNLOADS_SUBDIR, progress=progress, offline=offline,
@@ -89,13 +85,6 @@ def download_preset(name, *, progress=True, offline=None):
 
 def _utc_now():
     return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
-
-
-def _pred_units(model):
-    try:
-        return model.get_layer(HEAD_LAYER).units
-    except (ValueError, AttributeError):
-        return None
 
 
 def _write_json_atomic(path, data):
@@ -117,11 +106,23 @@ def read_provenance(weights_path):
     return record if isinstance(record, dict) else None
 
 
-def write_provenance(weights_path, *, preset, model, fmt, source_path, source_url=None):
+def write_provenance(weights_path, *, preset, fmt, source_path, source_url=None, model_name=None, classes=None):
     """Writes `<name>.provenance.json` next to a converted file; returns the record.
 
     The record holds the preset, the source (URL, file name, format, sha256 and sha1 of the upstream file,
     licence), the converter and library versions, and the sha256 of the converted file.
+
+    Args:
+        weights_path: the converted file.
+        preset: the preset it was converted for (or None).
+        fmt: the `CheckpointFormat` of the source.
+        source_path: the upstream file.
+        source_url: where it came from.
+        model_name: the Keras model's name, when the file is a Keras weights or model file.
+        classes: the number of classes of the converted head (None: no head).
+
+    Example:
+        >>> write_provenance(path, preset="i3d_nl5_r50_8x8_kinetics400", fmt=fmt, source_path="x.pkl")
     """
     import keras
 
@@ -133,8 +134,8 @@ def write_provenance(weights_path, *, preset, model, fmt, source_path, source_ur
     record = {
         "provenance_version": PROVENANCE_VERSION,
         "preset": preset,
-        "model_name": model.name,
-        "classes": _pred_units(model),
+        "model_name": model_name,
+        "classes": classes,
         "source": {
             "url": source_url,
             "file_name": Path(source_path).name,
@@ -180,14 +181,85 @@ def _cache_problem(target, name, w):
     return None
 
 
-def _build(name, *, classes=KINETICS400_CLASSES):
-    from nonlocal_zoo.models import create_model
+def converted_path(name):
+    """Where the converted weights of preset `name` are cached: `cache_dir()/converted/<name>.h5`."""
+    return cache_dir() / CONVERTED_SUBDIR / f"{name}.h5"
 
-    return create_model(name, weights=None, include_top=True, classes=classes)
+
+@contextlib.contextmanager
+def conversion_lock(name):
+    """A file lock held while preset `name`'s converted cache is checked, converted or written (one process at
+    a time, so two first loads neither convert twice nor read a half-written file)."""
+    import filelock
+
+    folder = cache_dir() / CONVERTED_SUBDIR
+    folder.mkdir(parents=True, exist_ok=True)
+    with filelock.FileLock(str(folder / f"{name}.lock")):
+        yield
+
+
+def valid_converted(name):
+    """The converted cache of preset `name` when it may be used (provenance and sha256 check out), else None.
+
+    A file that fails a check is removed (with its provenance record) and the reason logged, so that it is
+    converted again. Call it under `conversion_lock(name)`.
+
+    Example:
+        >>> with conversion_lock("i3d_nl5_r50_8x8_kinetics400"):
+        ...     path = valid_converted("i3d_nl5_r50_8x8_kinetics400")
+    """
+    w = published_weights(name)
+    target = converted_path(name)
+    problem = _cache_problem(target, name, w)
+    if problem is None:
+        return target
+    if problem != "missing":
+        logger.warning("Converted weights %s cannot be used (%s); converting again.", target, problem)
+    for stale in (target, provenance_path(target)):
+        if stale.exists():
+            stale.unlink()
+    return None
+
+
+def write_converted(name, state, *, fmt, source_path):
+    """Writes the converted cache of preset `name` (canonical tensors, `convert.write_canonical_h5`) and its
+    provenance record, both atomically. Call it under `conversion_lock(name)`.
+
+    Args:
+        name: the preset.
+        state: the upstream state dict as read (`read_checkpoint`), in format `fmt`.
+        fmt: its `CheckpointFormat`.
+        source_path: the upstream file (hashed into the provenance record).
+
+    Returns:
+        `pathlib.Path` of the cache file.
+
+    Raises:
+        CheckpointMismatchError: the state holds tensors that the format does not know.
+
+    Example:
+        >>> fmt, state = read_checkpoint(source, format="caffe2_pkl")
+        >>> write_converted("i3d_nl5_r50_8x8_kinetics400", state, fmt=fmt, source_path=source)
+    """
+    w = published_weights(name)
+    canonical, unexpected = to_canonical(state, fmt)
+    if unexpected:
+        raise mismatch_error(f"Checkpoint '{source_path}' ({fmt.name})", unexpected=unexpected)
+    arrays = {key: array for key, (_, array) in canonical.items()}
+    target = write_canonical_h5(converted_path(name), arrays, attrs={"preset": name, "source_format": fmt.name})
+    pred = arrays.get(f"{HEAD_LAYER}_b")
+    write_provenance(target, preset=name, fmt=fmt, source_path=source_path, source_url=w["url"],
+                     classes=None if pred is None else int(pred.shape[0]))
+    return target
 
 
 def converted_weights(name, *, progress=True, offline=None):
-    """The converted `.weights.h5` of a preset, from the cache or freshly downloaded and converted.
+    """The converted weights of a preset, from the cache or freshly downloaded and converted (no model needed).
+
+    The file holds the checkpoint's tensors under canonical names and layouts (`convert.CANONICAL_FORMAT`);
+    `create_model(name, weights=path)` and `nonlocal_zoo.models.weights.load_weights` read it into any model of
+    the preset (whole, headless, another head). `load_weights(model, "kinetics400")` fills this cache itself on
+    the first load, converting straight into the model it loads.
 
     Args:
         name: a preset with published weights.
@@ -196,205 +268,28 @@ def converted_weights(name, *, progress=True, offline=None):
             offline; the upstream file is needed only to convert.
 
     Returns:
-        `pathlib.Path` of `cache_dir()/converted/<name>.weights.h5` (its provenance record lies beside it).
+        `pathlib.Path` of `cache_dir()/converted/<name>.h5` (its provenance record lies beside it).
 
     Raises:
-        CheckpointMismatchError: the upstream file does not fit the preset's architecture.
+        CheckpointMismatchError: the upstream file holds tensors its format does not know.
         ChecksumError, DownloadError, OfflineError: see `download.fetch`.
 
     Example:
         >>> path = converted_weights("i3d_nl5_r50_8x8_kinetics400")
     """
-    import filelock
-
-    w = _published_weights(name)
-    folder = cache_dir() / CONVERTED_SUBDIR
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / f"{name}.weights.h5"
-    with filelock.FileLock(str(folder / f"{name}.lock")):
-        problem = _cache_problem(target, name, w)
-        if problem is None:
+    w = published_weights(name)
+    with conversion_lock(name):
+        target = valid_converted(name)
+        if target is not None:
             return target
-        if problem != "missing":
-            logger.warning("Converted weights %s cannot be used (%s); converting again.", target, problem)
-        for stale in (target, provenance_path(target)):
-            if stale.exists():
-                stale.unlink()
         source = download_preset(name, progress=progress, offline=offline)
         logger.info("Converting %s (%s) for preset %s.", source, w["format"], name)
-        model = _build(name)
-        fmt = assign_checkpoint(model, source, format=w["format"])
-        atomic_save(model, target)
-        write_provenance(target, preset=name, model=model, fmt=fmt, source_path=source, source_url=w["url"])
-        return target
-
-
-def convert_checkpoint(src, *, model, out, format=None, source_url=None, progress=True):
-    """Converts an upstream checkpoint into a Keras `.weights.h5` (or `.keras`) file with a provenance record.
-
-    Used by `nonlocal-zoo convert SRC --model NAME --out FILE`.
-
-    Args:
-        src: the checkpoint file (`.pkl`, `.pth`, `.pyth`), or `"kinetics400"` for the preset's upstream file
-            (downloaded and verified first).
-        model: a preset name, or a Keras model built by `nonlocal_zoo.models` (converted into in place).
-        out: output path ending in `.weights.h5` (weights only) or `.keras` (the whole model).
-        format: the checkpoint format (`nonlocal_zoo.pretrained.convert.list_formats()`); None detects it.
-        source_url: where `src` came from, for the provenance record.
-        progress: show download progress (for `src="kinetics400"`).
-
-    Returns:
-        `pathlib.Path` of the written file; `<name>.provenance.json` is written next to it.
-
-    Raises:
-        CheckpointMismatchError: the checkpoint does not fit the model (lists missing, unexpected, mis-shaped).
-        UnsafePickleError: the file was refused by the safe reader; nothing from it was executed.
-
-    Example:
-        >>> convert_checkpoint("I3D_NLN_8x8_R50.pkl", model="i3d_nl5_r50_8x8_kinetics400_pyslowfast",
-        ...                    out="i3d_nl5_pyslowfast.weights.h5")
-    """
-    if isinstance(model, str):
-        preset = model
-        get_preset(preset)
-        keras_model = None
-    else:
-        keras_model = model
-        preset = model.name if model.name in PRESETS else None
-    out = Path(out)
-    if not (out.name.endswith(".weights.h5") or out.suffix == ".keras"):
-        raise ValueError(f"`out` must end with '.weights.h5' or '.keras'. Received: out={str(out)!r}")
-    if os.fspath(src) == PRETRAINED_TAG:
-        if preset is None:
-            raise ValueError(f"src='{PRETRAINED_TAG}' needs a preset name as `model`. Received: model={model!r}")
-        w = _published_weights(preset)
-        src, source_url, format = download_preset(preset, progress=progress), w["url"], format or w["format"]
-    src = Path(src)
-    if keras_model is None:
-        keras_model = _build(preset)
-    fmt = assign_checkpoint(keras_model, src, format=format)
-    atomic_save(keras_model, out)
-    write_provenance(out, preset=preset, model=keras_model, fmt=fmt, source_path=src, source_url=source_url)
-    return out
+        fmt, state = read_checkpoint(source, format=w["format"])
+        return write_converted(name, state, fmt=fmt, source_path=source)
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Loading
-# ----------------------------------------------------------------------------------------------------------------
-def _load_keras_weights_file(model, path, *, include_top, classes):
-    """Strictly loads a `.weights.h5` saved from a whole model (backbone + `pred`) into `model`.
-
-    When the head is not to be loaded (or `model` has none), the file is read into a full-model view that shares
-    `model`'s backbone layers and has a throwaway `pred`, so that every array of the file still pairs up.
-    """
-    import keras
-
-    from nonlocal_zoo.models import add_classifier_head, get_stage_outputs
-
-    record = read_provenance(path) or {}
-    source_classes = record.get("classes") or KINETICS400_CLASSES
-    units = _pred_units(model)
-    load_head = include_top and units == source_classes and classes in (None, units)
-    if (load_head or units is None) and h5_weight_count(path) == len(model.weights):
-        load_keras_weights_strict(model, path)  # same structure (a whole model, or a headless file and model)
-        return
-    stages = get_stage_outputs(model)
-    last = stages[max(stages, key=lambda name: int(name[3:]))]
-    view = add_classifier_head(keras.Model(model.inputs, last), classes=source_classes, name=f"{model.name}_view")
-    load_keras_weights_strict(view, path)
-
-
-def _load_keras_model_file(model, path, *, include_top, classes):
-    import keras
-
-    source = keras.saving.load_model(str(path), compile=False)
-    units = _pred_units(model)
-    load_head = include_top and units is not None and units == _pred_units(source) and classes in (None, units)
-    transfer_weights(source, model, include_top=load_head, what=f"Keras model '{path}'")
-
-
-def _load_folder(model, folder, *, include_top, classes):
-    folder = Path(folder)
-    weights_files = sorted(folder.glob("*.weights.h5"))
-    keras_files = sorted(folder.glob("*.keras"))
-    if (folder / "config.json").is_file() and weights_files:
-        return _load_keras_model_file(model, folder, include_top=include_top, classes=classes)
-    if len(keras_files) == 1:
-        return _load_keras_model_file(model, keras_files[0], include_top=include_top, classes=classes)
-    if len(weights_files) == 1:
-        return _load_keras_weights_file(model, weights_files[0], include_top=include_top, classes=classes)
-    raise ValueError(
-        f"Cannot tell which file of {folder} to load: expected a Keras model folder (config.json + "
-        f"model.weights.h5), one .keras file or one .weights.h5 file. Found: {sorted(p.name for p in folder.iterdir())}"
-    )
-
-
-def _load_path(model, path, *, include_top, classes, format):
-    path = Path(path)
-    if path.is_dir():
-        return _load_folder(model, path, include_top=include_top, classes=classes)
-    if not path.is_file():
-        raise FileNotFoundError(f"No such weights file: {path}")
-    if path.name.endswith(".weights.h5"):
-        return _load_keras_weights_file(model, path, include_top=include_top, classes=classes)
-    if path.suffix == ".keras":
-        return _load_keras_model_file(model, path, include_top=include_top, classes=classes)
-    assign_checkpoint(model, path, format=format, include_top=include_top, classes=classes)
-
-
-def load_weights(model, weights, *, preset=None, include_top=True, classes=None, format=None, progress=True):
-    """Loads `weights` into a model built by `nonlocal_zoo.models` (what `create_model(weights=...)` calls).
-
-    Args:
-        model: the Keras model.
-        weights: None (nothing to do); `"kinetics400"` (the preset's published checkpoint: downloaded, verified,
-            converted once and cached); a local path to a `.pkl`, `.pth`, `.pyth`, `.weights.h5` or `.keras` file
-            or a Keras model folder; or `"hf://org/repo[@revision][/file]"` on the Hugging Face Hub.
-        preset: the preset the model was built from (defaults to `model.name` when that is a preset). Needed for
-            `"kinetics400"`.
-        include_top: load the classifier `pred`. With False the head is not loaded (it stays fresh, if present).
-        classes: the model's classes; a count that differs from the checkpoint's leaves a fresh head.
-        format: the checkpoint format of a local upstream file (None: detected).
-        progress: show download progress.
-
-    Raises:
-        CheckpointMismatchError: the weights do not fit the model (lists missing, unexpected, mis-shaped names).
-        UnsafePickleError: a checkpoint was refused by the safe readers (nothing was executed).
-        ChecksumError, DownloadError, OfflineError: download problems (see `download.fetch`).
-        ValueError: bad arguments, quoting the value received.
-
-    Example:
-        >>> model = create_model("i3d_nl5_r50_32x2_kinetics400")
-        >>> load_weights(model, "kinetics400")
-        >>> load_weights(model, "hf://me/i3d_nl5_r50_32x2_kinetics400@v1")
-    """
-    if weights is None:
-        return
-    if not isinstance(weights, (str, os.PathLike)):
-        raise ValueError(
-            "`weights` must be None, 'kinetics400', a path or an 'hf://' handle. "
-            f"Received: weights={weights!r}"
-        )
-    weights = os.fspath(weights)
-    if preset is None and model.name in PRESETS:
-        preset = model.name
-    if weights == PRETRAINED_TAG:
-        if preset is None:
-            raise ValueError(
-                f"weights='{PRETRAINED_TAG}' needs the preset the model was built from. "
-                f"Received: preset=None, model.name={model.name!r}"
-            )
-        path = converted_weights(preset, progress=progress)
-        return _load_keras_weights_file(model, path, include_top=include_top, classes=classes)
-    if weights.startswith("hf://"):
-        from nonlocal_zoo.pretrained.hub import resolve_hf
-
-        weights = resolve_hf(weights)
-    return _load_path(model, weights, include_top=include_top, classes=classes, format=format)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Hub
+# Model cards
 # ----------------------------------------------------------------------------------------------------------------
 _HUB_LICENSES = {"CC-BY-NC-4.0": "cc-by-nc-4.0", "Apache-2.0": "apache-2.0", "MIT": "mit"}
 
@@ -457,48 +352,3 @@ def minimal_model_card(preset_name, *, repo_id=None):
         "",
     ]
     return "\n".join(line for line in lines if line is not None)
-
-
-def push_to_hub(model_or_preset, repo_id, *, card=None, weights=PRETRAINED_TAG, parity=None, token=None,
-                private=False, commit_message="Upload model with nonlocal_zoo"):
-    """Uploads a converted model with a generated model card to the Hugging Face Hub.
-
-    Args:
-        model_or_preset: a Keras model, or a preset name (the model is built and its `weights` loaded).
-        repo_id: 'org/repo' or 'hf://org/repo'.
-        card: model card markdown; None generates one from the preset (`nonlocal_zoo.model_cards.model_card` when
-            available, else `minimal_model_card`).
-        weights: what to load when a preset name is given. Defaults to `"kinetics400"`.
-        parity: optional parity report passed to the model-card generator.
-        token, private, commit_message: as in `hub.upload_folder_to_hub`.
-
-    Returns:
-        the `huggingface_hub.CommitInfo` of the upload.
-
-    Example:
-        >>> push_to_hub("i3d_nl5_r50_8x8_kinetics400_pyslowfast", "me/i3d_nl5_r50_8x8_pyslowfast")
-        >>> model = create_model("i3d_nl5_r50_8x8_kinetics400_pyslowfast", weights="hf://me/i3d_nl5_r50_8x8_pyslowfast")
-    """
-    from nonlocal_zoo.pretrained import hub
-
-    if isinstance(model_or_preset, str):
-        from nonlocal_zoo.models import create_model
-
-        preset = model_or_preset
-        model = create_model(preset, weights=weights)
-    else:
-        model = model_or_preset
-        preset = model.name if model.name in PRESETS else None
-    if card is None:
-        card = _generate_card(preset, model, hub._repo_id(repo_id), parity)
-    return hub.push_to_hub(model, repo_id, card=card, token=token, private=private, commit_message=commit_message)
-
-
-def _generate_card(preset, model, repo_id, parity):
-    if preset is None:
-        return f"---\nlibrary_name: keras\ntags:\n- nonlocal_zoo\n---\n# {model.name}\n\nKeras model built with nonlocal_zoo.\n"
-    try:
-        from nonlocal_zoo.model_cards import model_card
-    except ImportError:
-        return minimal_model_card(preset, repo_id=repo_id)
-    return model_card(preset, parity=parity)

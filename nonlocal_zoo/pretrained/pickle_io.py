@@ -22,11 +22,16 @@ _SOLVER_BLOBS = ("lr", "model_iter")
 _SOLVER_SUFFIX = "_momentum"
 
 
-class UnsafePickleError(pickle.UnpicklingError):
+class UnsafePickleError(pickle.UnpicklingError, ValueError):
     """A pickle asked for a global outside the allow-list, or torch's weights-only loader refused it.
 
-    Nothing from the file was executed.
+    Nothing from the file was executed. (A `ValueError` too: a bad input file, not a bug.)
     """
+
+
+class CheckpointLimitError(UnsafePickleError):
+    """A checkpoint asks for more than any real checkpoint needs: an allocation above the size bound, or objects
+    nested deeper than the bound. Refused before the allocation (or the deep object) is made."""
 
 
 def _latin1_encode(obj, encoding="latin1", errors="strict"):
