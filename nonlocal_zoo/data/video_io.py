@@ -98,21 +98,26 @@ class _Container(NamedTuple):
     timestamps: Optional[np.ndarray]  # their presentation times in s from the stream start, sorted; None if unknown
     cut: bool  # the file ends inside its last frame, or holds fewer frames than its header states
     raw_fallback: Optional[str]  # the container expected from the extension when FFmpeg fell back to a raw stream
+    complete: bool  # every packet was read (False: demuxing stopped at `limit`, `packets` is a lower bound)
 
 
 _PROBE_CACHE = {}
 _PROBE_CACHE_LOCK = threading.Lock()
 _PROBE_CACHE_SIZE = 4096
+_REORDER_MARGIN = 64  # packets demuxed past the last needed frame: more than any decoder's reordering delay
 
 
-def _probe(path, deadline, timeout):
-    """Demux `path` with PyAV, decoding nothing. None when PyAV is missing or cannot open it (the backend reports)."""
+def _probe(path, deadline, timeout, limit=None):
+    """Demux `path` with PyAV, decoding nothing. None when PyAV is missing or cannot open it (the backend reports).
+
+    `limit` stops after that many packets (a partial read of a long file needs only the start of its index).
+    """
     try:
         key = _stamp(path)
     except OSError:
         key = None
     with _PROBE_CACHE_LOCK:
-        if key in _PROBE_CACHE:
+        if key in _PROBE_CACHE:  # only complete probes are cached
             return _PROBE_CACHE[key]
     try:
         import av
@@ -131,11 +136,14 @@ def _probe(path, deadline, timeout):
         raw_fallback = expected if expected is not None and expected not in _container_names(fmt) else None
         start = stream.start_time or 0
         time_base = float(stream.time_base) if stream.time_base else None
-        pts, packets, cut = [], 0, False
+        pts, packets, cut, complete = [], 0, False, True
         try:
             for packet in container.demux(stream):
                 if packet.size == 0 or packet.is_discard:  # the flush packet; samples an edit list drops
                     continue
+                if limit is not None and packets >= limit:
+                    complete = False
+                    break
                 packets += 1
                 pts.append(packet.pts)
                 cut = bool(packet.is_corrupt)  # set on the last packet when the file ends inside it
@@ -146,13 +154,13 @@ def _probe(path, deadline, timeout):
         except Exception:  # a demuxing error ends the readable part, as for the decoders
             cut = True
         header_frames = int(stream.frames) if stream.frames and stream.frames > 0 else None
-        cut = cut or (header_frames is not None and header_frames > packets)
+        cut = complete and (cut or (header_frames is not None and header_frames > packets))
         timestamps = None
         if packets and time_base and all(p is not None for p in pts):
             timestamps = np.sort((np.asarray(pts, dtype=np.float64) - start) * time_base)
         width, height = int(stream.codec_context.width or 0), int(stream.codec_context.height or 0)
-    info = _Container(fmt, width, height, header_frames, packets, timestamps, cut, raw_fallback)
-    if key is not None:
+    info = _Container(fmt, width, height, header_frames, packets, timestamps, cut, raw_fallback, complete)
+    if key is not None and complete:
         with _PROBE_CACHE_LOCK:
             if len(_PROBE_CACHE) >= _PROBE_CACHE_SIZE:
                 _PROBE_CACHE.pop(next(iter(_PROBE_CACHE)))
@@ -432,7 +440,7 @@ def _find_damage(info, times, count, reached_end, errors):
             None,
             None,
         )
-    total = info.packets
+    total = info.packets  # with an incomplete probe, a lower bound (it covers every frame a partial read needs)
     if total == 0:
         return None
     positions = _positions(info.timestamps, times)
@@ -449,6 +457,7 @@ def _find_damage(info, times, count, reached_end, errors):
         if not missing:
             return None
     header = f" (its header states {info.header_frames})" if info.header_frames not in (None, total) else ""
+    holds = f"holds {total}" if info.complete else f"holds at least {total}"
     rejected = f"; the decoder rejected {errors} packets" if errors else ""
     if missing is None:
         where = f"{total - count} frames did not decode (which ones cannot be told: no usable timestamps)"
@@ -456,7 +465,7 @@ def _find_damage(info, times, count, reached_end, errors):
         where = f"frames {_ranges(missing)} did not decode"
         if missing[0] < last:
             where += ", so the later frames would be shifted"
-    reason = f"decoded {count} frames but the container holds {total}{header}: {where}{rejected}"
+    reason = f"decoded {count} frames but the container {holds}{header}: {where}{rejected}"
     return reason, missing, total
 
 
@@ -483,7 +492,8 @@ def _decode(path, *, wanted=None, stop_after=None, max_buffer_bytes=None, backen
     _check_options(backend, max_pixels, timeout, num_threads, on_damage)
     start = time.monotonic()
     deadline = None if timeout is None else start + float(timeout)
-    info = _probe(path, deadline, timeout or 3600.0)  # demux only: the frames the container holds
+    limit = None if stop_after is None else stop_after + 1 + _REORDER_MARGIN
+    info = _probe(path, deadline, timeout or 3600.0, limit)  # demux only: the frames the container holds
     reader = _READERS[backend](path, timeout=timeout or 3600.0, num_threads=num_threads)
     try:
         width, height = reader.width or (info.width if info else 0), reader.height or (info.height if info else 0)
@@ -493,10 +503,11 @@ def _decode(path, *, wanted=None, stop_after=None, max_buffer_bytes=None, backen
         if kept is not None and max_bytes is not None and width and height and num_frames:
             estimate = int(kept(num_frames)) * width * height * 3
             if estimate > max_bytes:  # before anything is decoded
+                at_least = "at least " if info is not None and info.packets and not info.complete else ""
                 raise _too_large(
                     path, estimate, max_bytes,
-                    f"the {int(kept(num_frames))} frames of {width}x{height} RGB requested from its {num_frames} "
-                    "frames (from the container, before decoding) would take",
+                    f"the {int(kept(num_frames))} frames of {width}x{height} RGB requested (the container holds "
+                    f"{at_least}{num_frames} frames; estimated before decoding) would take",
                 )
         frames = {}
         times = []
