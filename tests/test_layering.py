@@ -4,9 +4,9 @@ circle between modules, and no private name (`_x`) is imported from another modu
 Floors (a module may import its own floor's package and any lower floor):
     0  layers/, presets.py, version.py, _compat.py        the ground
     1  data/, pretrained/                                  decoding and checkpoints
-    2  models/                                             networks and weight loading
+    2  models/, model_cards.py                             networks, weight loading, model cards
     3  tasks/                                              VideoClassifier, preprocessor, resolver
-    4  evaluation, training/, attention, export/, inference, demo, synthetic, model_cards, benchmark/
+    4  evaluation, training/, attention, export/, inference, demo, synthetic, benchmark/, hub (push_to_hub)
     5  cli.py                                              argument parsing only
 """
 import ast
@@ -19,10 +19,10 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "nonlocal_zoo"
 FLOORS = {
     "layers": 0, "presets": 0, "version": 0, "_compat": 0, "weights": 0,
     "data": 1, "pretrained": 1,
-    "models": 2,
+    "models": 2, "model_cards": 2,
     "tasks": 3,
     "evaluation": 4, "training": 4, "attention": 4, "export": 4, "inference": 4, "demo": 4, "synthetic": 4,
-    "model_cards": 4, "benchmark": 4,
+    "benchmark": 4, "hub": 4,
     "cli": 5,
 }
 # `nonlocal_zoo/__init__.py` re-exports public names lazily (module __getattr__), so it is not a floor of its own.

@@ -103,18 +103,18 @@ def package_weights(name, w):
 
 # ----------------------------------------------------------------------------------------------------------- saving
 def _card(clf):
-    lines = [f"# {clf.name}", "", "A nonlocal_zoo `VideoClassifier` preset directory.", ""]
-    if clf.preset and clf.preset in PRESETS:
-        meta = get_preset(clf.preset)["metadata"]
-        lines += [f"- Architecture and protocol: preset `{clf.preset}` ({meta.get('description')})",
-                  f"- Licence of the source weights: {meta.get('licence') or 'n/a'}"]
+    """The README.md of a preset directory: the zoo's card text plus the model's own protocol and usage."""
+    from nonlocal_zoo.model_cards import render_card
+
+    licence = get_preset(clf.preset)["licence"] if clf.preset in PRESETS else None
+    lines = [render_card(model_name=clf.name, labels=list(clf.labels), licence=licence).rstrip(), ""]
+    if clf.preset in PRESETS:
+        lines.append(f"Architecture and protocol of preset `{clf.preset}` "
+                     f"({get_preset(clf.preset)['metadata']['description']}).")
     c = clf.preprocessor.config
-    more = ", ..." if clf.num_classes > 8 else ""
-    lines += [f"- Classes: {clf.num_classes} ({', '.join(list(clf.labels)[:8])}{more})",
-              f"- Clips: {c['num_frames']} frames, stride {c['sampling_rate']}, {c['sampling']} sampling; test views "
-              f"{c['test_num_clips']} x {c['test_num_crops']} of {c['test_crop']} px; aggregation "
-              f"`{c['test_aggregation']}`",
-              "", "```python", "import nonlocal_zoo",
+    lines += [f"Clips: {c['num_frames']} frames, stride {c['sampling_rate']}, {c['sampling']} sampling; test views "
+              f"{c['test_num_clips']} x {c['test_num_crops']} of {c['test_crop']} px, `{c['test_aggregation']}` "
+              "averaging.", "", "```python", "import nonlocal_zoo", "",
               "clf = nonlocal_zoo.VideoClassifier.from_preset(\"<this folder or hf://org/repo>\")",
               "print(clf.decode_predictions(clf.predict(\"clip.mp4\"), top=5))", "```", ""]
     return "\n".join(lines)
