@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 
 from nonlocal_zoo import data
-from nonlocal_zoo.data import VideoDamageWarning, VideoDecodeError, count_frames, read_video
-from nonlocal_zoo.data import video_io
+from nonlocal_zoo.data import VideoDamageWarning, VideoDecodeError, count_frames, read_video, video_io
 from tests.conftest import decode_index, index_frame, write_index_video
 
 cv2 = pytest.importorskip("cv2")
@@ -231,9 +230,8 @@ def test_no_false_positives_on_healthy_or_cut_files(healthy, backend):
             assert _indices(sel) == [len(idx) - 1, 0]
 
 
-def test_pipeline_skips_damaged_files_and_keeps_healthy_ones(tmp_path, clips):
+def test_pipeline_skips_damaged_files_and_keeps_healthy_ones(tmp_path):
     """The tf.data pipeline's skip report names a damaged file instead of training on shifted frames."""
-    _, good = clips
     root = tmp_path / "videos"
     for cls in ("a", "b"):
         (root / cls).mkdir(parents=True)

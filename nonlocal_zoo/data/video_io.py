@@ -169,12 +169,8 @@ def _probe(path, deadline, timeout, limit=None):
 
 
 def _container_names(fmt):
-    names = set(fmt.split(","))
-    if "matroska" in names:
-        names.add("webm")
-    if "asf" in names:
-        names.add("asf")
-    return names
+    """The containers an FFmpeg demuxer name covers: "mov,mp4,m4a,3gp,3g2,mj2" -> {"mov", "mp4", ...}."""
+    return set(fmt.split(","))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -313,7 +309,7 @@ class _PyAVReader:
             return None
         # The display matrix (side data): rotate counter-clockwise by `rotation` degrees, as OpenCV does; like
         # OpenCV, only multiples of 90 degrees (other angles come from damaged or skewed matrices) and no flips.
-        degrees = int(round(getattr(frame, "rotation", 0) or 0))
+        degrees = round(getattr(frame, "rotation", 0) or 0)
         turns = (degrees // 90) % 4 if degrees % 90 == 0 else 0
         return np.ascontiguousarray(np.rot90(array, turns)) if turns else array
 
@@ -432,14 +428,13 @@ def _find_damage(info, times, count, reached_end, errors):
     if info is None:
         return None
     if info.raw_fallback:
-        return (
+        reason = (
             f"FFmpeg did not find its {info.raw_fallback} container (the header is damaged, e.g. its first bytes "
             f"zeroed or overwritten) and read the file as a raw '{info.format}' stream, which has no frame index: "
             f"{count} frames decoded, the container's frame count is unknown, and the frames before the first "
-            "readable one are lost, which would shift every later frame",
-            None,
-            None,
+            "readable one are lost, which would shift every later frame"
         )
+        return reason, None, None
     total = info.packets  # with an incomplete probe, a lower bound (it covers every frame a partial read needs)
     if total == 0:
         return None
