@@ -344,7 +344,7 @@ def test_kill_mid_epoch_and_resume(tmp_path, colour_data):
     first_events = set(os.listdir(out / "logs" / "train"))
 
     # restart: DATA and settings come from the saved run
-    done = subprocess.run([sys.executable, "-m", "nonlocal_zoo.training", "--output", str(out), "--resume",
+    done = subprocess.run([sys.executable, "-m", "nonlocal_zoo.cli", "finetune", "--output", str(out), "--resume",
                            "--verbose", "2"], env=subprocess_env(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "Resuming at epoch 2/3" in done.stdout
