@@ -411,7 +411,8 @@ def _content_problem(path, validate, file_name):
             raise
         except Exception as error:  # the reader's or validator's own error says what is wrong
             message = " ".join(str(error).split()) or "no details"
-            return f"{validate!r} refused it: {type(error).__name__}: {message}"
+            what = getattr(validate, "description", None) or f"accepted by {validate!r}"
+            return f"it is not {what} ({type(error).__name__}: {message})"
     return None
 
 
@@ -427,10 +428,13 @@ def _check_download(url, part, checks, validate, file_name):
     reason = _content_problem(part, validate, file_name)
     if reason is not None:
         meta = _read_json(_part_meta(part)) or {}
-        served = f" (served as Content-Type {meta['content_type']!r})" if meta.get("content_type") else ""
-        size = part.stat().st_size
+        details = [f"{part.stat().st_size} bytes"]
+        if meta and meta.get("size") is None:
+            details.append("the server sent no Content-Length, so a body cut short looks complete")
+        if meta.get("content_type"):
+            details.append(f"served as Content-Type {meta['content_type']!r}")
         return None, InvalidDownloadError(
-            f"The file downloaded from {url} ({size} bytes{served}) is not usable: {reason}. It was deleted and not "
+            f"The file downloaded from {url} ({'; '.join(details)}) is not usable: {reason}. It was deleted and not "
             "cached. Check the URL in a browser, or try again later.",
             url=url,
             reason=reason,

@@ -160,6 +160,7 @@ class PresetValidator:
     Attributes:
         name: the preset.
         format: its checkpoint format.
+        description: what the file must be, for messages (`"the pyslowfast_pkl checkpoint of preset '...'"`).
         cache_key: identifies what was checked (preset, format and a digest of the expected tensors). `fetch`
             records it next to a verified file, so an unchanged file (same sha256) is not parsed again until the
             expectation changes.
@@ -184,6 +185,7 @@ class PresetValidator:
         expected = expected_tensors(self.arch, classes=self.classes)
         digest = hashlib.sha256(json.dumps(sorted(expected.items())).encode()).hexdigest()[:16]
         self.cache_key = f"{name}:{self.format}:{digest}"
+        self.description = f"the {self.format} checkpoint of preset {name!r}"
 
     def __call__(self, path):
         check_checkpoint(path, format=self.format, arch=self.arch, classes=self.classes,
