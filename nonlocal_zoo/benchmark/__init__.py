@@ -79,3 +79,10 @@ __all__ = [
     "random_block_weights", "render_markdown", "run", "run_and_report", "run_probes", "time_interleaved",
     "torch_block_callable", "torch_block_like", "torch_model_like", "write_clips", "write_report",
 ]
+
+
+def __getattr__(name):
+    if name == "main":  # the command line moved to nonlocal_zoo.cli (benchmark sits below it)
+        raise AttributeError("nonlocal_zoo.benchmark.main moved to the `nonlocal-zoo benchmark` command: "
+                             "nonlocal_zoo.cli.main(['benchmark', ...]); the library entry is run_and_report")
+    raise AttributeError(f"module 'nonlocal_zoo.benchmark' has no attribute {name!r}")

@@ -109,10 +109,18 @@ __all__ = [
 ]
 
 
+# The command line moved to nonlocal_zoo.cli (training sits below it and does not import it).
+_MOVED_TO_CLI = {"main": "finetune_main", "add_finetune_arguments": "add_finetune_arguments",
+                 "options_from_args": "finetune_options", "run_finetune_from_args": "finetune_main"}
+
+
 def __getattr__(name):
     # The Keras classes are defined on first use (importing this package must not import TensorFlow).
     if name == "MomentumSGD":
         return momentum_sgd_class()
     if name == "StepDecay":
         return step_decay_class()
+    if name in _MOVED_TO_CLI:
+        raise AttributeError(f"nonlocal_zoo.training.{name} moved to nonlocal_zoo.cli.{_MOVED_TO_CLI[name]} "
+                             "(the `nonlocal-zoo finetune` command line)")
     raise AttributeError(f"module 'nonlocal_zoo.training' has no attribute {name!r}")

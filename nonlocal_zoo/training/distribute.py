@@ -13,7 +13,19 @@ from nonlocal_zoo.training.config import STRATEGIES
 
 
 def worker_info(strategy="none"):
-    """`(task_type, task_id, num_workers, is_chief)` of this process, read from `TF_CONFIG` for "multiworker"."""
+    """`(task_type, task_id, num_workers, is_chief)` of this process, read from `TF_CONFIG` for "multiworker".
+
+    Args:
+        strategy: the `strategy` setting; other than `"multiworker"` (or without `TF_CONFIG`) this process is the
+            only worker and the chief.
+
+    Raises:
+        ValueError: `TF_CONFIG` is not JSON with `cluster` and `task`.
+
+    Example:
+        >>> worker_info("none")
+        (None, 0, 1, True)
+    """
     if strategy != "multiworker" or not os.environ.get("TF_CONFIG"):
         return None, 0, 1, True
     try:
