@@ -77,13 +77,8 @@ def _cmd_info(args):
         print(format_demo_info())
         return EXIT_OK
     from nonlocal_zoo.models.flops import format_info
-    from nonlocal_zoo.presets import get_preset
-    from nonlocal_zoo.pretrained.download import describe_download
 
     print(format_info(args.name))
-    weights = get_preset(args.name)["weights"]
-    if weights is not None and weights.get("url"):  # the first good download's sha256, from the cache's record
-        print(f"  sha256           {describe_download(weights['file_name'])}")
     return EXIT_OK
 
 

@@ -224,7 +224,21 @@ def test_download_offline_uses_the_cache(capsys, tmp_path, monkeypatch):
     weights = get_preset(name)["weights"]
     cached = tmp_path / "downloads" / weights["file_name"]
     cached.parent.mkdir(parents=True, exist_ok=True)
-    cached.write_bytes(b"a checkpoint copied in by hand")
+    cached.write_bytes(b"a checkpoint copied in by hand")  # not a checkpoint: refused, deleted, never served
+    code, out, err = run(capsys, "download", name, "--offline")
+    assert code == 1 and "failed verification" in err and err.count("\n") == 1 and not cached.exists()
+    # A real checkpoint of the preset (architecture reduced for the test) copied in by hand is used.
+    pytest.importorskip("torch")
+    from nonlocal_zoo.presets import PRESETS
+    from tests.torch_references import i3d_temporal_kernels, official_blobs, official_config, save_caffe2_pickle
+
+    depths, blocks = [1, 1, 1, 1], [[], [0], [0], []]
+    arch = {**PRESETS[name]["arch"], "stem_width": 4, "stage_depths": depths, "stage_widths": [4, 8, 16, 32],
+            "temporal_kernels": i3d_temporal_kernels(depths), "nonlocal_blocks": blocks}
+    monkeypatch.setitem(PRESETS[name], "arch", arch)
+    cfg = official_config(stem_width=4, depths=depths, widths=[4, 8, 16, 32],
+                          temporal_kernels=i3d_temporal_kernels(depths), nonlocal_blocks=blocks)
+    save_caffe2_pickle(cached, official_blobs(cfg, seed=0))
     code, out, _ = run(capsys, "download", name, "--offline")
     assert code == 0 and out.strip() == str(cached)
 

@@ -218,4 +218,8 @@ def format_info(name):
         + ("none (architecture only)" if weights is None else f"{weights['url']} ({weights['format']})"),
         f"  licence          {info['licence'] or 'n/a'}; source {info['source']}",
     ]
+    if weights is not None and weights.get("url"):  # the first good download's sha256, from the cache's record
+        from nonlocal_zoo.pretrained.download import describe_download
+
+        lines.append(f"  sha256           {describe_download(weights['file_name'])}")
     return "\n".join(lines)
