@@ -37,6 +37,7 @@ from nonlocal_zoo.data.video_io import (
     read_video,
 )
 from nonlocal_zoo.data.pipeline import DecodeReport, make_dataset
+from nonlocal_zoo.data.seek import FrameIndex, SeekReader, frame_index, read_frames
 
 _LAZY = {  # these import tensorflow_datasets
     "VideoFolder": "nonlocal_zoo.data.tfds_video_folder",
@@ -54,10 +55,10 @@ def __getattr__(name):
 
 
 __all__ = [
-    "DEFAULT_MAX_BYTES", "DEFAULT_MAX_PIXELS", "DEFAULT_PREPROCESSING", "DEFAULT_TIMEOUT", "SAMPLING_METHODS",
+    "DEFAULT_MAX_BYTES", "DEFAULT_MAX_PIXELS", "DEFAULT_PREPROCESSING", "DEFAULT_TIMEOUT", "FrameIndex", "SAMPLING_METHODS", "SeekReader",
     "VIDEO_EXTENSIONS", "ClipList", "DecodeReport", "VideoDamageWarning", "VideoDecodeError", "VideoFolder", "VideoFolderConfig", "count_frames", "crop",
-    "crop_offsets", "horizontal_flip", "list_video_folder", "make_dataset", "multiview_clips", "normalize",
-    "prepare_tfds", "random_crop", "random_short_side", "read_clip_list", "read_frames_for", "read_video", "resize",
+    "crop_offsets", "frame_index", "horizontal_flip", "list_video_folder", "make_dataset", "multiview_clips", "normalize",
+    "prepare_tfds", "random_crop", "random_short_side", "read_clip_list", "read_frames", "read_frames_for", "read_video", "resize",
     "resolve_preprocessing", "sample_test_indices", "sample_train_indices", "short_side_resize",
     "short_side_resize_shape", "spatial_views", "train_clip",
 ]

@@ -23,6 +23,7 @@ container's frame list. The rules (also in `read_video`'s docstring):
 
 Every way a file can be unreadable ends in one typed error, `VideoDecodeError`, which names the file and the reason.
 """
+import fractions
 import os
 import threading
 import time
@@ -99,6 +100,14 @@ class _Container(NamedTuple):
     cut: bool  # the file ends inside its last frame, or holds fewer frames than its header states
     raw_fallback: Optional[str]  # the container expected from the extension when FFmpeg fell back to a raw stream
     complete: bool  # every packet was read (False: demuxing stopped at `limit`, `packets` is a lower bound)
+    # Per packet, in file (decoding) order, for seeking (`container_index`, `nonlocal_zoo.data.seek`): pts, dts,
+    # keyframe flag and duration in `time_base` units (None entries become INT64_MIN), `start` the stream start.
+    packet_pts: Optional[np.ndarray] = None
+    packet_dts: Optional[np.ndarray] = None
+    packet_keyframe: Optional[np.ndarray] = None
+    packet_duration: Optional[np.ndarray] = None
+    time_base: Optional[object] = None  # fractions.Fraction
+    start: int = 0
 
 
 _PROBE_CACHE = {}
@@ -136,7 +145,8 @@ def _probe(path, deadline, timeout, limit=None):
         raw_fallback = expected if expected is not None and expected not in _container_names(fmt) else None
         start = stream.start_time or 0
         time_base = float(stream.time_base) if stream.time_base else None
-        pts, packets, cut, complete = [], 0, False, True
+        exact_time_base = fractions.Fraction(stream.time_base) if stream.time_base else None  # copied while open
+        pts, dts, keys, durations, packets, cut, complete = [], [], [], [], 0, False, True
         try:
             for packet in container.demux(stream):
                 if packet.size == 0 or packet.is_discard:  # the flush packet; samples an edit list drops
@@ -146,6 +156,9 @@ def _probe(path, deadline, timeout, limit=None):
                     break
                 packets += 1
                 pts.append(packet.pts)
+                dts.append(packet.dts)
+                keys.append(bool(packet.is_keyframe))
+                durations.append(packet.duration)
                 cut = bool(packet.is_corrupt)  # set on the last packet when the file ends inside it
                 if deadline is not None and packets % 256 == 0 and time.monotonic() > deadline:
                     raise VideoDecodeError(path, f"reading the container exceeded the time limit of {timeout} s")
@@ -159,13 +172,54 @@ def _probe(path, deadline, timeout, limit=None):
         if packets and time_base and all(p is not None for p in pts):
             timestamps = np.sort((np.asarray(pts, dtype=np.float64) - start) * time_base)
         width, height = int(stream.codec_context.width or 0), int(stream.codec_context.height or 0)
-    info = _Container(fmt, width, height, header_frames, packets, timestamps, cut, raw_fallback, complete)
+    info = _Container(fmt, width, height, header_frames, packets, timestamps, cut, raw_fallback, complete,
+                      _int64(pts), _int64(dts), np.asarray(keys, dtype=bool), _int64(durations),
+                      exact_time_base, int(start))
     if key is not None and complete:
         with _PROBE_CACHE_LOCK:
             if len(_PROBE_CACHE) >= _PROBE_CACHE_SIZE:
                 _PROBE_CACHE.pop(next(iter(_PROBE_CACHE)))
             _PROBE_CACHE[key] = info
     return info
+
+
+NO_TIMESTAMP = np.iinfo(np.int64).min
+"""Marks a packet without a pts/dts/duration in `container_index`'s arrays."""
+
+
+def _int64(values):
+    return np.asarray([NO_TIMESTAMP if v is None else v for v in values], dtype=np.int64)
+
+
+def container_index(path, *, timeout=DEFAULT_TIMEOUT):
+    """The container's packet list of a video, from one demux-only PyAV pass (nothing decoded), cached per file.
+
+    This is the index `read_video` checks decoded frames against, complete (every packet). It is cached in memory
+    beside the decoded frame counts, keyed by the file's path, size and modification time, so a changed file is
+    demuxed again.
+
+    Args:
+        path: video file.
+        timeout: wall-clock limit in seconds for the demux pass. Defaults to 60.
+
+    Returns:
+        None when PyAV cannot open the file (use a decoding backend instead), else a named tuple with, among
+        others, `packets` (frames the file holds), `timestamps` (their sorted presentation times in s from the
+        stream start, or None), `packet_pts`, `packet_dts`, `packet_keyframe`, `packet_duration` (per packet in
+        file order; `NO_TIMESTAMP` where the container has none), `time_base` (a `Fraction`) and `start` (the
+        stream's start time in `time_base` units).
+
+    Raises:
+        VideoDecodeError: the file is missing, unreadable, empty, or the pass exceeded `timeout`.
+
+    Example:
+        >>> info = container_index("clip.mp4")
+        >>> info.packets, int(info.packet_keyframe.sum())
+        (300, 12)
+    """
+    path = _check_file(path)
+    deadline = None if timeout is None else time.monotonic() + float(timeout)
+    return _probe(path, deadline, timeout or 3600.0)
 
 
 def _container_names(fmt):
