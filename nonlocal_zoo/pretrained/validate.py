@@ -23,7 +23,13 @@ import importlib.util
 import json
 
 from nonlocal_zoo.presets import get_preset, make_arch, num_classes
-from nonlocal_zoo.pretrained.convert import get_format, mismatch_error, read_checkpoint, to_canonical
+from nonlocal_zoo.pretrained.convert import (
+    CONVERTER_VERSION,
+    get_format,
+    mismatch_error,
+    read_checkpoint,
+    to_canonical,
+)
 
 KINETICS400_CLASSES = 400
 # Mode spellings of `NonLocalBlock` that need no lookup (the block's MODE_ALIASES is consulted for any other, lazily:
@@ -161,9 +167,9 @@ class PresetValidator:
         name: the preset.
         format: its checkpoint format.
         description: what the file must be, for messages (`"the pyslowfast_pkl checkpoint of preset '...'"`).
-        cache_key: identifies what was checked (preset, format and a digest of the expected tensors). `fetch`
-            records it next to a verified file, so an unchanged file (same sha256) is not parsed again until the
-            expectation changes.
+        cache_key: identifies what was checked (preset, format, a digest of the expected tensors and the converter
+            version). `fetch` records it next to a verified file, so an unchanged file (same sha256) is not parsed
+            again until the expectation changes.
     """
 
     def __init__(self, name, *, classes=None):
@@ -184,7 +190,8 @@ class PresetValidator:
             )
         expected = expected_tensors(self.arch, classes=self.classes)
         digest = hashlib.sha256(json.dumps(sorted(expected.items())).encode()).hexdigest()[:16]
-        self.cache_key = f"{name}:{self.format}:{digest}"
+        # The converter version stands for the readers too: a reader that got stricter re-checks cached files.
+        self.cache_key = f"{name}:{self.format}:{digest}:converter{CONVERTER_VERSION}"
         self.description = f"the {self.format} checkpoint of preset {name!r}"
 
     def __call__(self, path):
