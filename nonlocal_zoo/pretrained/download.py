@@ -23,9 +23,9 @@ validator key that accepted them, and the sha256 of the first good download (`do
 size and mtime stayed the same. That costs one read of the file: 0.4 s for a full-size official I3D-NL5 `.pkl` (355 MB
 with its solver blobs; sha256 + sha1 at ~870 MB/s on a 2-core machine), paid only when a preset's upstream file is
 used, i.e. when it is converted (parsing it alone takes 1.7 s) or by `nonlocal-zoo download`. A file whose digest
-equals the one recorded when `validate` accepted it is not parsed again. A cached file that fails is deleted and fetched again
-(offline: `OfflineError`); it is never returned. A per-file lock (`<file>.lock`) stops two processes from writing
-the same `.part`.
+equals the one recorded when `validate` accepted it is not parsed again. A cached file that fails is deleted and
+fetched again (offline: `OfflineError`); it is never returned. A per-file lock (`<file>.lock`) stops two processes
+from writing the same `.part`.
 
 Every download has an overall deadline (`deadline=`, default `NONLOCAL_ZOO_DOWNLOAD_DEADLINE` or 2 hours), so a
 server that trickles bytes cannot hold a call forever; `timeout=` bounds each wait for the connection or the next
