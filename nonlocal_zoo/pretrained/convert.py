@@ -36,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
+from nonlocal_zoo.pretrained.pickle_io import CheckpointState
+
 # Bump when a change to the converters changes the bytes they produce: cached conversions are then redone.
 # "2": the cache holds canonical tensors (`CANONICAL_FORMAT`), not a Keras weights file of one model layout.
 CONVERTER_VERSION = "2"
@@ -98,13 +100,6 @@ class CheckpointFlavourError(ValueError):
         self.expected = expected
 
 
-class CheckpointState(dict):
-    """`{name: np.ndarray}` as a reader returns it, plus `metadata`: the file's non-tensor records (e.g.
-    mmaction2's `meta`, with the training config), or an empty dict."""
-
-    def __init__(self, *args, metadata=None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.metadata = dict(metadata or {})
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -832,11 +827,16 @@ def load_keras_model(path, *, compile=False):
     try:
         return keras.saving.load_model(str(path), compile=compile, safe_mode=True)
     except (TypeError, ValueError, KeyError, AttributeError, OSError, zipfile.BadZipFile, NotImplementedError) as error:
-        reason = " ".join(str(error).split())
+        innermost = error  # Keras wraps the specific cause ("Could not locate class 'x'") in generic errors
+        while (innermost.__cause__ or innermost.__context__) is not None:
+            innermost = innermost.__cause__ or innermost.__context__
+        # Keras's own advice to switch safe mode off is dropped: the file is what is wrong
+        sentences = re.split(r"(?<=\.) ", " ".join(str(innermost).split()))
+        reason = " ".join(x for x in sentences if "safe_mode" not in x and "unsafe" not in x) or type(error).__name__
         if len(reason) > 400:
             reason = reason[:400] + " ..."
         raise KerasFileError(
-            f"Could not load the Keras model '{path}' ({type(error).__name__}): {reason}. Nothing from it was "
+            f"Could not load the Keras model '{path}' ({type(innermost).__name__}): {reason} Nothing from it was "
             "executed. Only models made of Keras and nonlocal_zoo layers load; a Lambda layer or an unknown class "
             "in its config is refused."
         ) from None

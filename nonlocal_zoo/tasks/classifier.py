@@ -26,6 +26,7 @@ import numpy as np
 from nonlocal_zoo.models.arch import feature_shapes
 from nonlocal_zoo.models.classifier import apply_head
 from nonlocal_zoo.presets import PRESETS, get_preset
+from nonlocal_zoo.pretrained.convert import load_keras_model
 from nonlocal_zoo.tasks import presets as preset_io
 from nonlocal_zoo.tasks.backbone import NonLocalResNetBackbone
 from nonlocal_zoo.tasks.preprocessor import VideoClassifierPreprocessor, softmax
@@ -376,7 +377,9 @@ def _from_directory(folder, *, weights):
 
 
 def _from_keras_file(path, *, preset, weights):
-    model = keras.saving.load_model(path, compile=False)  # training objects (optimizer, loss) are not needed
+    # safe mode, one KerasFileError naming the file for a damaged file or an injected config (Lambda, unknown class);
+    # training objects (optimizer, loss) are not needed
+    model = load_keras_model(path, compile=False)
     if not isinstance(model, VideoClassifier):
         if preset is None:
             raise ValueError(f"{path!r} holds a plain Keras model ({type(model).__name__} {model.name!r}), which does "
