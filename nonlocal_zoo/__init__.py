@@ -34,6 +34,7 @@ _LAZY = {
     "decode_predictions": "nonlocal_zoo.pretrained",
     "push_to_hub": "nonlocal_zoo.pretrained",
     "evaluate": "nonlocal_zoo.evaluation",
+    "extract_features": "nonlocal_zoo.features",
     "tasks": "nonlocal_zoo.tasks",
     "VideoClassifier": "nonlocal_zoo.tasks",
     "VideoClassifierPreprocessor": "nonlocal_zoo.tasks",

@@ -8,6 +8,8 @@ Example:
     $ nonlocal-zoo demo
     $ nonlocal-zoo classify clip.mp4 --model i3d_nl5_r50_8x8_kinetics400 --top-k 5
     $ nonlocal-zoo attention clip.mp4 --model demo --query 4,32,32 --out attention/
+    $ nonlocal-zoo features videos/ --model demo --stride 4 --out feats/
+    $ nonlocal-zoo timeline match.mp4 --model demo --top-k 3 --out timeline/ --annotate
 """
 import argparse
 import json
@@ -246,6 +248,46 @@ def _cmd_demo(args):
     return EXIT_OK
 
 
+def _cmd_features(args):
+    from nonlocal_zoo.features import expand_videos, extract_features, shard_videos
+
+    model = _load(args)
+    total = len(shard_videos(expand_videos(args.inputs), args.shard))
+    records = extract_features(args.inputs, model, layer=args.layer, window=args.window, stride=args.stride,
+                               crop=args.crop, batch_size=args.batch_size, output_dir=args.out, shard=args.shard,
+                               resume=not args.no_resume, num_workers=args.workers)
+    failed = [r for r in records if r["status"] != "ok"]
+    if args.json:
+        _print_json(records)
+    else:
+        done = len(records) - len(failed)
+        print(f"{done} video(s) written to {args.out}, {total - len(records)} already done, {len(failed)} failed "
+              f"(see {os.path.join(args.out, 'manifest.jsonl')})")
+    for record in failed:
+        print(f"error: {record['video']}: {record['error']}", file=sys.stderr)
+    return EXIT_FAILURE if failed else EXIT_OK
+
+
+def _cmd_timeline(args):
+    from nonlocal_zoo.timeline import timeline
+
+    model = _load(args)
+    result = timeline(args.video, model, stride=args.stride, window=args.window, top_k=min(args.top_k, model.num_classes),
+                      num_crops=args.num_crops, batch_size=args.batch_size, out_dir=args.out,
+                      annotate=args.annotate)
+    if args.json:
+        _print_json({k: result[k] for k in ("video", "model", "window", "stride", "num_crops", "windows", "files")})
+        return EXIT_OK
+    for w in result["windows"]:
+        best = w["top"][0]
+        pad = " (padded)" if w["padded"] else ""
+        print(f"{w['start']:9.2f}s-{w['end']:9.2f}s  frames {w['start_frame']}-{w['end_frame'] - 1}{pad}  "
+              f"{best['label']} {best['score']:.3f}")
+    for path in result["files"].values():
+        print(f"wrote {path}")
+    return EXIT_OK
+
+
 def _cmd_benchmark(args):
     from nonlocal_zoo.benchmark import run_and_report
 
@@ -284,6 +326,16 @@ def _positive_int(text):
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return value
+
+
+def _shard(text):
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected I/N with 0 <= I < N (e.g. 0/4), got {text!r}") from None
+    if n < 1 or not 0 <= i < n:
+        raise argparse.ArgumentTypeError(f"expected I/N with 0 <= I < N (e.g. 0/4), got {text!r}")
+    return f"{i}/{n}"
 
 
 MAX_NUM_CLIPS = 100  # temporal views per video (the published protocol uses 10)
@@ -570,6 +622,56 @@ def build_parser(command=None):
     p.add_argument("--seed", type=int, default=2018, help="seed of the rendered clips (default: 2018)")
     p.set_defaults(handler=_cmd_demo)
 
+    p = sub.add_parser("features", help="windowed features of long videos (frame-exact, resumable, shardable)",
+                       formatter_class=formatter,
+                       description="Cut videos into windows (one clip of the model's protocol each) and write one "
+                                   "feature row per window, with the exact frames and timestamps it covers: "
+                                   "OUT/<stem>.npz per video and OUT/manifest.jsonl (see docs/long_videos.md).",
+                       epilog="Example: nonlocal-zoo features videos/ --model demo --layer pool5 --stride 4 "
+                              "--out feats/ --shard 0/2")
+    p.add_argument("inputs", nargs="+", metavar="VIDEO|DIR|LIST.txt",
+                   help="video files, folders (searched recursively) or .txt lists (one path a line)")
+    _add_model_args(p)
+    p.add_argument("--layer", default="pool5", help="layer whose output is the feature: pool5 (default), res2..res5, "
+                                                    "or any layer name (5-D outputs are averaged over time and space)")
+    p.add_argument("--window", type=_positive_int, default=None,
+                   help="frames per window, a multiple of the clip's frames (default: num_frames x sampling_rate)")
+    p.add_argument("--stride", type=_positive_int, default=None, help="frames between window starts "
+                                                                       "(default: the window)")
+    p.add_argument("--crop", choices=("center", "full"), default="center",
+                   help="center: the preset's test short side and one centre crop (default); full: whole frames")
+    p.add_argument("--out", "-o", required=True, help="output folder")
+    p.add_argument("--shard", type=_shard, default=None, metavar="I/N",
+                   help="process every N-th video of the sorted list from position I (0-based); N processes with "
+                        "I = 0..N-1 together write the files of one run")
+    p.add_argument("--batch-size", type=_positive_int, default=8, help="windows per forward pass (default: 8)")
+    p.add_argument("--workers", type=_positive_int, default=2, help="videos decoded in parallel (default: 2)")
+    p.add_argument("--no-resume", action="store_true", help="extract again videos whose output file exists")
+    p.add_argument("--json", action="store_true", help="print the manifest records of this run as JSON")
+    p.set_defaults(handler=_cmd_features)
+
+    p = sub.add_parser("timeline", help="per-window top-k classes of a long video (JSON, CSV, PNG, MP4)",
+                       formatter_class=formatter,
+                       description="Score every window of a video with the classifier (the same views and "
+                                   "aggregation as evaluate, one temporal clip per window) and write "
+                                   "timeline.json, timeline.csv and timeline.png (and annotated.mp4).",
+                       epilog="Example: nonlocal-zoo timeline match.mp4 --model demo --stride 4 --top-k 3 "
+                              "--out timeline/ --annotate")
+    p.add_argument("video", help="video file")
+    _add_model_args(p)
+    p.add_argument("--stride", type=_positive_int, default=None, help="frames between window starts "
+                                                                       "(default: the window)")
+    p.add_argument("--window", type=_positive_int, default=None,
+                   help="frames per window, a multiple of the clip's frames (default: num_frames x sampling_rate)")
+    p.add_argument("--top-k", "-k", type=_positive_int, default=5, help="classes per window (default: 5)")
+    p.add_argument("--num-crops", type=int, choices=(1, 3), default=None,
+                   help="spatial crops per window (default: the preset's, as evaluate)")
+    p.add_argument("--batch-size", type=_positive_int, default=8, help="views per forward pass (default: 8)")
+    p.add_argument("--out", "-o", default="timeline", help="output folder (default: ./timeline)")
+    p.add_argument("--annotate", action="store_true", help="also write annotated.mp4 (label and score drawn)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(handler=_cmd_timeline)
+
     _add_benchmark(sub, formatter, full=command == "benchmark")
 
     p = sub.add_parser("prepare", help="build a TFDS dataset from a folder of clips",
@@ -612,7 +714,12 @@ def _precheck(args):
     """Argument checks that need no TensorFlow: files named as videos, models, weights and labels."""
     for path in getattr(args, "videos", None) or ([args.video] if getattr(args, "video", None) else []):
         _check_video_path(path)
-    if getattr(args, "model", None) is not None and args.command in ("classify", "evaluate", "attention", "export"):
+    if args.command == "features":
+        for path in args.inputs:
+            if not os.path.exists(path):
+                raise UsageError(f"No such video, folder or list file: {path!r}")
+    if getattr(args, "model", None) is not None and args.command in ("classify", "evaluate", "attention", "export",
+                                                                     "features", "timeline"):
         _check_model_arg(args)
 
 

@@ -22,7 +22,7 @@ FLOORS = {
     "models": 2, "model_cards": 2,
     "tasks": 3,
     "evaluation": 4, "training": 4, "attention": 4, "export": 4, "inference": 4, "demo": 4, "synthetic": 4,
-    "benchmark": 4, "hub": 4,
+    "benchmark": 4, "hub": 4, "features": 4, "timeline": 4,
     "cli": 5,
 }
 # `nonlocal_zoo/__init__.py` re-exports public names lazily (module __getattr__), so it is not a floor of its own.
