@@ -38,6 +38,8 @@ register_format(
         detect=detect,
         suffixes=(".pkl",),
         description="official Caffe2 video-nonlocal-net .pkl (dict(blobs=...)); also PySlowFast's Caffe2 .pkl",
+        # the same writer (a Caffe2 blob dump) made both releases' files: their structure cannot tell them apart
+        flavours=("official Caffe2", "PySlowFast"),
     ),
     aliases=("pyslowfast_pkl",),
 )

@@ -129,5 +129,6 @@ register_format(
         detect=detect,
         suffixes=(".pth",),
         description="gluon-cv PyTorch I3D(-NL) ResNet state dict (first_stage, res_layers, W_bn/head.1 aliases)",
+        flavours=("gluon-cv",),
     )
 )

@@ -15,7 +15,15 @@ Key scheme (`mmaction/models/backbones/resnet3d.py`, mmcv `ConvModule` (`conv` +
 
 In the gaussian mode there are no theta/phi tensors (`phi` is only the max-pool). `*.num_batches_tracked` and
 the (non-persistent in 1.x) `data_preprocessor.*` buffers are dropped.
+
+The embedded-Gaussian, dot-product and Gaussian files have the same tensors; which one a file is, only its
+metadata says. mmengine's `Runner.save_checkpoint` writes the training config into `meta["cfg"]` (its
+`pretty_text`, python source: `non_local_cfg=dict(..., mode='embedded_gaussian')`); mmcv 1.x runners wrote it as
+`meta["config"]`. `describe` reads the non-local mode from there, and the loader refuses a file whose mode is not
+the model's.
 """
+import re
+
 from nonlocal_zoo.pretrained.convert import (
     TORCH_BN,
     TORCH_BN_BOOKKEEPING,
@@ -65,6 +73,66 @@ def detect(keys):
     return any(k.removeprefix("module.").startswith("backbone.conv1.") for k in keys)
 
 
+# mmcv's NonLocal3d modes -> NonLocalBlock modes
+NONLOCAL_MODES = {"embedded_gaussian": "embedded", "dot_product": "dot", "gaussian": "gaussian",
+                  "concatenation": "concatenate"}
+_NL_CFG = re.compile(r"non_local_cfg\s*=\s*dict\(")
+_MODE = re.compile(r"\bmode\s*=\s*['\"](\w+)['\"]")
+
+
+def _dict_text(text, start):
+    """The text of the `dict(...)` call that opens just before `start` (balanced parentheses)."""
+    depth = 1
+    for i in range(start, len(text)):
+        depth += {"(": 1, ")": -1}.get(text[i], 0)
+        if depth == 0:
+            return text[start:i]
+    return text[start:]
+
+
+def _find_in_dict(cfg, key):
+    if isinstance(cfg, dict):
+        if key in cfg:
+            return cfg[key]
+        for value in cfg.values():
+            found = _find_in_dict(value, key)
+            if found is not None:
+                return found
+    return None
+
+
+def nonlocal_mode(metadata):
+    """The non-local mode (`"embedded"`, `"dot"`, `"gaussian"`, `"concatenate"`) an mmaction2 checkpoint was
+    trained with, from the config in its `meta`; None when the file does not say.
+
+    Args:
+        metadata: the checkpoint's top-level non-tensor records (`CheckpointState.metadata`).
+
+    Example:
+        >>> nonlocal_mode({"meta": {"cfg": "model = dict(backbone=dict(non_local_cfg=dict(mode='dot_product')))"}})
+        'dot'
+    """
+    meta = (metadata or {}).get("meta")
+    if not isinstance(meta, dict):
+        return None
+    cfg = meta.get("cfg", meta.get("config"))
+    if isinstance(cfg, dict):
+        found = _find_in_dict(cfg, "non_local_cfg")
+        mode = found.get("mode") if isinstance(found, dict) else None
+    elif isinstance(cfg, str):
+        match = _NL_CFG.search(cfg)
+        found = _MODE.search(_dict_text(cfg, match.end())) if match else None
+        mode = found.group(1) if found else None
+    else:
+        mode = None
+    return NONLOCAL_MODES.get(mode, mode)
+
+
+def describe(state):
+    """What an mmaction2 file says about its network: `{"nonlocal_mode": ...}` from its metadata."""
+    return {"nonlocal_mode": nonlocal_mode(getattr(state, "metadata", None))}
+
+
 register_format(
     CheckpointFormat(
         name="mmaction2_pth",
@@ -73,5 +141,7 @@ register_format(
         detect=detect,
         suffixes=(".pth",),
         description="mmaction2 Recognizer3D checkpoint (state_dict; backbone.*, cls_head.fc_cls)",
+        flavours=("mmaction2",),
+        describe=describe,
     )
 )

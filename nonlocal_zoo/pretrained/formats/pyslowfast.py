@@ -60,5 +60,6 @@ register_format(
         detect=detect,
         suffixes=(".pyth", ".pth"),
         description="PySlowFast PyTorch checkpoint (model_state; s1.pathway0_stem..., head.projection)",
+        flavours=("PySlowFast",),
     )
 )

@@ -68,5 +68,6 @@ register_format(
         detect=detect,
         suffixes=(".pyth", ".pth"),
         description="pytorchvideo hub checkpoint (model_state; blocks.0.conv..., blocks.N.proj)",
+        flavours=("PySlowFast",),
     )
 )
