@@ -9,7 +9,8 @@
 - `minimal_model_card(name)`: a short model card from the registry.
 
 Loading weights into a model (`load_weights`, `create_model(weights=...)`), `convert_checkpoint` and
-`push_to_hub` live in `nonlocal_zoo.models.weights`, one floor up: this module never builds a model.
+`push_to_hub` live in `nonlocal_zoo.models.weights` and `nonlocal_zoo.models.conversion`, one floor up: this
+module never builds a model.
 """
 import contextlib
 import datetime
