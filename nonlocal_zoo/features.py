@@ -344,6 +344,8 @@ def stream_windows(videos, make_plan, views, *, num_workers=2, max_pending=64, d
             put(("done", path))
         except (ValueError, OSError, RuntimeError, MemoryError) as error:  # VideoDecodeError is a ValueError
             put(("error", path, " ".join(str(error).split()) or type(error).__name__, error))
+        except BaseException as error:  # a bug: stop the run with it (never leave the consumer waiting)
+            put(("fatal", path, error))
 
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, int(num_workers)),
                                                  thread_name_prefix="nonlocal_zoo_decode")
@@ -352,11 +354,11 @@ def stream_windows(videos, make_plan, views, *, num_workers=2, max_pending=64, d
     try:
         while remaining:
             item = events.get()
+            if item[0] == "fatal":
+                raise item[2]
             if item[0] in ("done", "error"):
                 remaining -= 1
             yield item
-        for future in futures:
-            future.result()  # a bug in a worker surfaces here
     finally:
         stop.set()
         pool.shutdown(wait=True, cancel_futures=True)

@@ -74,18 +74,29 @@ def timeline(video, model, *, stride=None, window=None, top_k=5, num_crops=None,
     views = WindowViews(pre, crop=num_crops)
     path = os.fspath(video)
     plan = info = None
-    clips = {}
+    per_view, pending = {}, []  # window -> (V, C) scores; windows waiting for a full batch of views
+
+    def flush():
+        if pending:
+            x = np.concatenate([clip for _, clip in pending])  # (sum V, T, S, S, 3)
+            out = clf.view_scores(x, batch_size=batch_size)  # (sum V, C)
+            for i, (w, _) in enumerate(pending):
+                per_view[w] = out[i * num_crops:(i + 1) * num_crops]
+            pending.clear()
+
     for event in stream_windows([path], make_plan, views, num_workers=1, decode_options=decode_options):
         if event[0] == "video":
             plan, info = event[2], event[3]
         elif event[0] == "window":
-            clips[event[2]] = event[3]  # (V, T, S, S, 3)
+            pending.append((event[2], event[3]))  # (V, T, S, S, 3) views of window event[2]
+            if len(pending) * num_crops >= batch_size:
+                flush()  # scored as they come: memory stays at one batch, whatever the video's length
         elif event[0] == "error":
             raise event[3]
+    flush()
     order = range(len(plan.starts))
-    x = np.concatenate([clips[w] for w in order])  # (W * V, T, S, S, 3)
-    per_view = clf.view_scores(x, batch_size=batch_size)  # (W * V, C)
-    scores = pre.aggregate(per_view, counts=[num_crops] * len(plan.starts))  # (W, C), as evaluate aggregates
+    scores = pre.aggregate(np.concatenate([per_view[w] for w in order]),
+                           counts=[num_crops] * len(plan.starts))  # (W, C), as evaluate aggregates
     starts, ends = info["starts"], info["ends"]
     timestamps = np.stack([starts[plan.frame_indices[:, 0]], ends[plan.frame_indices[:, -1]]], axis=1)
     labels = list(clf.labels)

@@ -260,3 +260,12 @@ def test_two_shards_equal_one_full_run(clip_folder, tmp_path):
             assert np.array_equal(a[key], b[key]), (name, key)
     shard_lines = (sharded / "manifest.jsonl").read_text().splitlines()
     assert sorted(json.loads(x)["output"] for x in shard_lines) == names  # both shards appended whole lines
+
+
+def test_a_bug_in_a_decoding_thread_stops_the_run_instead_of_hanging(videos, tiny, monkeypatch):
+    def broken(self, frames):
+        raise TypeError("boom")
+
+    monkeypatch.setattr(feats.WindowViews, "__call__", broken)
+    with pytest.raises(TypeError, match="boom"):
+        extract_features([videos["short"], videos["vfr"]], tiny, progress=False)
