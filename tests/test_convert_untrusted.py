@@ -304,3 +304,7 @@ def test_keras_loader_names_the_file(evil_files):
             load_keras_model(evil_files[kind])
     with pytest.raises(FileNotFoundError):
         load_keras_model(evil_files["clip"].with_name("missing.keras"))
+    cut = evil_files["clip"].with_name("cut.keras")
+    cut.write_bytes(evil_files["lambda"].read_bytes()[:1000])
+    with pytest.raises(KerasFileError, match="cut.keras"):
+        load_keras_model(cut)

@@ -153,7 +153,11 @@ def builds(monkeypatch):
 def test_first_kinetics400_load_builds_one_model(upstream, conversions, builds, home):
     # The first load converts straight into the model being built: one backbone, no second model, and the same
     # logits as the official network (the converter tests' reference).
+    legacy = home / "converted" / f"{PRESET}.weights.h5"  # what converter version 1 cached
+    legacy.parent.mkdir(parents=True)
+    legacy.write_bytes(b"old")
     model = _kinetics_model()
+    assert not legacy.exists()
     assert builds == ["apply_backbone"]
     assert len(conversions) == 1 and upstream.requests() == 1
     assert_logits_match(keras_logits(model, upstream.x), upstream.expected)

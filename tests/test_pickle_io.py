@@ -245,3 +245,23 @@ def test_torch_without_tensors(tmp_path):
     torch.save({"state_dict": {"note": "nothing"}}, path)
     with pytest.raises(ValueError, match="no tensors"):
         load_torch_state_dict(path)
+
+
+def test_torch_metadata_keeps_plain_records_only(tmp_path):
+    torch = pytest.importorskip("torch")
+    path = tmp_path / "mm.pth"
+    meta = {"cfg": "model = dict(type='Recognizer3D')", "epoch": 100, "dataset_meta": {"classes": ("a", "b")}}
+    torch.save({"meta": meta, "state_dict": {"w": torch.ones(2)}, "optimizer": {"state": {0: torch.zeros(2)}}},
+               path)
+    out = load_torch_state_dict(path)
+    assert list(out) == ["w"] and out.metadata == {"meta": meta}  # no tensors kept alive in the metadata
+    torch.save({"w": torch.ones(2)}, path)  # a raw state dict (gluon-cv) has no metadata
+    assert load_torch_state_dict(path).metadata == {}
+
+
+def test_legacy_torch_format(tmp_path):
+    torch = pytest.importorskip("torch")
+    path = tmp_path / "legacy.pyth"
+    torch.save({"model_state": {"a": torch.arange(6.0).reshape(2, 3)}, "epoch": 3}, path,
+               _use_new_zipfile_serialization=False)  # the pre-1.6 format (scanned pickle by pickle)
+    np.testing.assert_array_equal(load_torch_state_dict(path)["a"], np.arange(6.0).reshape(2, 3))

@@ -216,7 +216,8 @@ def valid_converted(name):
         return target
     if problem != "missing":
         logger.warning("Converted weights %s cannot be used (%s); converting again.", target, problem)
-    for stale in (target, provenance_path(target)):
+    legacy = target.with_name(f"{name}.weights.h5")  # converter version 1 cached a Keras weights file
+    for stale in (target, provenance_path(target), legacy):
         if stale.exists():
             stale.unlink()
     return None

@@ -688,6 +688,17 @@ def load_torch_state_dict(path, *, max_bytes=MAX_TENSOR_BYTES):
     if not arrays:
         raise ValueError(f"'{path}' contains no tensors. Top-level keys: {list(obj)[:20]}")
     metadata = {} if wrapper_key is None else {
-        str(k): v for k, v in obj.items() if k != wrapper_key and not isinstance(v, torch.Tensor)
+        str(k): v for k, v in obj.items() if k != wrapper_key and _plain(v)  # e.g. mmaction2's `meta`, not optimizer state
     }
     return CheckpointState(arrays, metadata=metadata)
+
+
+def _plain(value, depth=0):
+    """True for plain data (strings, numbers, and dicts/lists/tuples of them): metadata, not tensors."""
+    if isinstance(value, (str, int, float, bool, type(None))):
+        return True
+    if depth < MAX_NESTING and isinstance(value, Mapping):
+        return all(_plain(k, depth + 1) and _plain(v, depth + 1) for k, v in value.items())
+    if depth < MAX_NESTING and isinstance(value, (list, tuple)):
+        return all(_plain(v, depth + 1) for v in value)
+    return False
