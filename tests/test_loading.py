@@ -373,3 +373,16 @@ def test_hub_repository_with_one_keras_file(upstream, local_hub, tmp_path, monke
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     model = create_model(PRESET, weights="hf://me/kfile", input_shape=SHAPE, classifier_activation=None)
     assert_logits_match(keras_logits(model, upstream.x), upstream.expected)
+
+
+def test_video_classifier_first_load_builds_one_backbone(upstream, conversions, builds, home):
+    # The LEAD's task object loads through the same road (`models.weights.load_weights`, its `preset`).
+    tasks = pytest.importorskip("nonlocal_zoo.tasks")
+    clf = tasks.VideoClassifier.from_preset(PRESET, weights="kinetics400", clip_shape=SHAPE)
+    assert builds.count("apply_backbone") == 1  # one network (build_backbone, if used, applies it once)
+    assert len(conversions) == 1 and upstream.requests() == 1
+    reference = _kinetics_model()
+    assert len(conversions) == 1
+    for layer in ("conv1", "nonlocal_conv3_0", "pred"):
+        for a, b in zip(clf.get_layer(layer).weights, reference.get_layer(layer).weights):
+            np.testing.assert_array_equal(a.numpy(), b.numpy())
