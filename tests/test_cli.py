@@ -127,7 +127,6 @@ def test_user_mistakes_exit_2_with_one_line(capsys, clips, tmp_path):
     not_video.write_text("hello")
     cases = [
         (("classify", tmp_path / "missing.mp4", "--model", "demo"), "No such video file"),
-        (("classify", not_video, "--model", "demo"), "Cannot decode video"),
         (("classify", clips[0], "--model", "i3d_nl5_r50_8x8_kinetic400"), "Did you mean"),
         (("classify", clips[0], "--model", "i3d_nl5_r50"), "no published weights"),
         (("classify", clips[0], "--model", "demo", "--top-k", "20"), "top_k"),
@@ -145,6 +144,11 @@ def test_user_mistakes_exit_2_with_one_line(capsys, clips, tmp_path):
         cli.main(["classify", str(clips[0]), "--model", "demo", "--num-crops", "2"])
     assert e.value.code == 2
     capsys.readouterr()
+    # a file that is not a video fails on its own (exit 1, one error line for it), the others are still reported
+    code, out, err = run(capsys, "classify", not_video, clips[0], "--model", "demo", "--json")
+    assert code == 1 and err.startswith("error: ") and err.count("\n") == 1 and "Cannot decode video" in err
+    results = json.loads(out)
+    assert "error" in results[0] and results[1]["top"][0]["label"] == "moving_left"
 
 
 def test_evaluate_folder_matches_per_video_predictions(capsys, tmp_path, model):

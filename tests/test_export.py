@@ -109,7 +109,7 @@ def exported(tiny, out_dir, fmt, quantization=None):
     suffix = {"saved_model": "", "tflite": ".tflite", "onnx": ".onnx"}[fmt]
     path = out_dir / f"tiny_{fmt}_{quantization}{suffix}"
     if not path.exists():
-        export.export_model(model, fmt, path, quantization=quantization, labels=list("abcde"))
+        export.export_model(model, fmt, path, quantization=quantization, labels=list("abcde"), preset=PRESET)
     return path
 
 
@@ -297,18 +297,18 @@ def test_without_lowering_tflite_names_maxpool3d(tmp_path):
 def test_bad_arguments(tiny, tmp_path):
     model = tiny[0]
     with pytest.raises(ValueError, match="format='tensorrt'"):
-        export.export_model(model, "tensorrt", tmp_path / "m")
+        export.export_model(model, "tensorrt", tmp_path / "m", preset=PRESET)
     with pytest.raises(ValueError, match="quantization='int4'"):
-        export.export_model(model, "tflite", tmp_path / "m.tflite", quantization="int4")
+        export.export_model(model, "tflite", tmp_path / "m.tflite", quantization="int4", preset=PRESET)
     with pytest.raises(ValueError, match="format='onnx', quantization='int8'"):
-        export.export_model(model, "onnx", tmp_path / "m.onnx", quantization="int8")
+        export.export_model(model, "onnx", tmp_path / "m.onnx", quantization="int8", preset=PRESET)
     with pytest.raises(ValueError, match=r"\*\.onnx. Received: out="):
-        export.export_model(model, "onnx", tmp_path / "m.tflite")
+        export.export_model(model, "onnx", tmp_path / "m.tflite", preset=PRESET)
     (tmp_path / "exists.onnx").write_bytes(b"")
     with pytest.raises(ValueError, match="overwrite=True"):
-        export.export_model(model, "onnx", tmp_path / "exists.onnx")
+        export.export_model(model, "onnx", tmp_path / "exists.onnx", preset=PRESET)
     with pytest.raises(ValueError, match="the 5 classes of the model. Received: 2 labels"):
-        export.export_model(model, "saved_model", tmp_path / "sm", labels=["a", "b"])
+        export.export_model(model, "saved_model", tmp_path / "sm", labels=["a", "b"], preset=PRESET)
     with pytest.raises(ValueError, match="Unknown preset"):
         export.export_model("i3d_nl5_r50_kinetics", "onnx", tmp_path / "m.onnx")
     anonymous = keras.Model(model.inputs, model.outputs, name="my_model")
@@ -316,11 +316,11 @@ def test_bad_arguments(tiny, tmp_path):
         export.export_model(anonymous, "onnx", tmp_path / "m.onnx")
     headless = keras.Model(model.inputs, model.get_layer("res5").output, name=PRESET)
     with pytest.raises(ValueError, match=r"\(B, classes\) output"):
-        export.export_model(headless, "onnx", tmp_path / "m.onnx")
+        export.export_model(headless, "onnx", tmp_path / "m.onnx", preset=PRESET)
     with pytest.raises(ValueError, match="Not an exported model"):
         export.load_export(tmp_path)
     with pytest.raises(ValueError, match="representative_clips"):
-        export.export_model(model, "tflite", tmp_path / "q.tflite", quantization="int8",
+        export.export_model(model, "tflite", tmp_path / "q.tflite", quantization="int8", preset=PRESET,
                             representative_clips=np.zeros((2, *CLIP), np.float32))
 
 
@@ -347,7 +347,8 @@ def test_full_size_preset_round_trips(tmp_path):
     reference = np.asarray(model(normalize(clips), training=False), np.float64)
     for fmt, quantization, suffix in (("saved_model", None, ""), ("onnx", None, ".onnx"),
                                       ("tflite", None, ".tflite"), ("tflite", "float16", ".tflite")):
-        path = export.export_model(model, fmt, tmp_path / f"{fmt}_{quantization}{suffix}", quantization=quantization)
+        path = export.export_model(model, fmt, tmp_path / f"{fmt}_{quantization}{suffix}", quantization=quantization,
+                                   preset=name)
         loaded = export.load_export(path)
         probabilities = np.concatenate([loaded(clips[:1]), loaded(clips[1:])])
         size = sum(f.stat().st_size for f in Path(path).rglob("*")) if Path(path).is_dir() else path.stat().st_size

@@ -40,19 +40,21 @@ def export_model(
     rate and sampling code, short side, crop, mean/std) and the labels (see the module docstring).
 
     Args:
-        model_or_name: a preset name (the model is built with `create_model`) or a `keras.Model` with one
-            `(B, T, H, W, 3)` input and one `(B, classes)` output.
+        model_or_name: a name as `nonlocal_zoo.tasks.resolve` takes it (a preset, `"demo"`, a preset directory
+            such as a fine-tuning run, a `.keras` file, `hf://org/repo`), a `VideoClassifier`, or a plain
+            `keras.Model` with one `(B, T, H, W, 3)` input and one `(B, classes)` output (with `preset=`).
         format: `"saved_model"` (a directory; TF Serving signature `serving_default`), `"tflite"` (a `.tflite`
             file) or `"onnx"` (a `.onnx` file). Aliases: `"tf_saved_model"`, `"litert"`.
         out: where to write. Defaults to `<model name>` + `/`, `.tflite` or `.onnx` in the working directory.
-        weights: with a preset name: `"auto"` (default: the published Kinetics-400 weights when the preset has
-            them, else random initialisation), `None`, `"kinetics400"`, a path or an `"hf://"` handle.
-        preset: with a `keras.Model` whose name is not a preset: the preset whose preprocessing it uses, or a dict
+        weights: with a name: `"auto"` (default: the published or saved weights; an architecture-only preset is
+            refused), `None` (random), `"kinetics400"`, a path or an `"hf://"` handle.
+        preset: with a plain `keras.Model`: the preset whose preprocessing it uses, or a dict
             with `mean`, `std`, `scale` (and optionally `num_frames`, `sampling_rate`, `sampling`,
             `test_short_side`).
         input_shape: with a preset name: `(T, H, W, 3)` of the exported input. Defaults to the preset's frames and
             training crop (e.g. `(32, 224, 224, 3)`): a single-view classifier; `None` sizes are allowed.
-        labels: class names in output order. Defaults to the Kinetics-400 names for 400-class models.
+        labels: class names in output order. Defaults to a VideoClassifier's own, else the Kinetics-400 names for
+            400-class models.
         quantization: TFLite only: `None` (float32), `"float16"`, `"dynamic_int8"` or `"int8"` (calibrated on
             `representative_clips`).
         representative_clips: uint8 `(N, T, H, W, 3)` calibration clips for `"int8"`. Defaults to
@@ -76,6 +78,8 @@ def export_model(
     """
     fmt = _check_arguments(format, quantization)
     model, preset_name, pre = resolve_model(model_or_name, weights=weights, preset=preset, input_shape=input_shape)
+    if labels is None and getattr(model, "labels", None) is not None:
+        labels = list(model.labels)  # a VideoClassifier names its classes
     check_model(model)
     out = _output_path(out, model, fmt, overwrite)
     extra = {}

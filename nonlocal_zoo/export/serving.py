@@ -5,6 +5,8 @@ Example:
     >>> model, preset_name, pre = resolve_model("demo", weights="auto", preset=None, input_shape=None)
     >>> serving = serving_model(model, pre)        # uint8 (B, T, H, W, 3) -> (B, classes) probabilities
 """
+import os
+
 import numpy as np
 
 from nonlocal_zoo.export.metadata import INPUT_NAME, OUTPUT_NAME
@@ -13,55 +15,62 @@ from nonlocal_zoo.export.metadata import INPUT_NAME, OUTPUT_NAME
 def resolve_model(model_or_name, *, weights, preset, input_shape):
     """`(keras.Model, preset name or None, preprocessing dict)` of what `export_model` was given.
 
+    Names go through the one resolver (`nonlocal_zoo.tasks.resolve`), so a preset, `"demo"`, a preset directory
+    (e.g. a fine-tuning run), a `.keras` file and `hf://org/repo` all export with their own preprocessing and labels.
+
     Args:
-        model_or_name: a preset name (built with `create_model`) or a `keras.Model` (exported as it is).
-        weights: with a preset name: `"auto"` (the published weights when the preset has them), None, a path, ...
-        preset: with a `keras.Model`: the preset name whose preprocessing it uses, or a preprocessing dict.
-        input_shape: with a preset name: `(T, H, W, 3)`, or None (the preset's frames and training crop).
+        model_or_name: a name as `resolve` takes it, a `VideoClassifier` (exported with its own preprocessing), or a
+            plain `keras.Model` (with `preset=`).
+        weights: with a name: `"auto"` (published or saved weights; an architecture-only preset is refused: pass
+            `weights=None` for a randomly initialised export), None, `"kinetics400"`, a path or an `hf://` handle.
+        preset: with a plain `keras.Model`: the preset name whose preprocessing it uses, or a preprocessing dict.
+        input_shape: with a name: `(T, H, W, 3)`, or None (the model's frames and training crop).
 
     Raises:
-        ValueError: an unknown preset, a non-model, or preprocessing that cannot be told.
+        ValueError: an unknown name, a non-model, or preprocessing that cannot be told.
 
     Example:
         >>> model, name, pre = resolve_model("i3d_r50_8x8_kinetics400", weights=None, preset=None, input_shape=None)
     """
     import keras
 
-    from nonlocal_zoo.models import create_model, preset_of
     from nonlocal_zoo.presets import get_preset
+    from nonlocal_zoo.tasks import VideoClassifier, resolve
 
-    if isinstance(model_or_name, str):
-        if preset is not None and preset != model_or_name:
-            raise ValueError(f"Pass the preset either as the model name or as `preset`. Received: preset={preset!r}")
-        config = get_preset(model_or_name)
-        pre = config["preprocessing"]
-        if weights == "auto":
-            weights = "kinetics400" if config["weights"] is not None else None
-        if input_shape is None:
-            input_shape = (pre["num_frames"], pre["train_crop"], pre["train_crop"], 3)
-        model = create_model(model_or_name, weights=weights, input_shape=tuple(input_shape))
-        return model, model_or_name, pre
+    if isinstance(model_or_name, (str, os.PathLike)):
+        if preset is not None:
+            raise ValueError(f"`preset` applies to a plain keras.Model; a name carries its own preprocessing. "
+                             f"Received: preset={preset!r}")
+        clf = resolve(model_or_name, weights=weights, require_weights=weights == "auto")
+        pre = clf.preprocessor.config
+        shape = tuple(input_shape) if input_shape is not None else (
+            pre["num_frames"], pre["train_crop"], pre["train_crop"], 3)
+        return clf.with_clip_shape(shape), clf.preset, dict(pre)  # a fixed-size graph for the artifact
+    if isinstance(model_or_name, VideoClassifier):
+        if weights != "auto" or input_shape is not None or preset is not None:
+            raise ValueError("A VideoClassifier is exported as it is, with its own preprocessing. Received: "
+                             f"weights={weights!r}, input_shape={input_shape!r}, preset={preset!r}")
+        return model_or_name, model_or_name.preset, dict(model_or_name.preprocessor.config)
     if not isinstance(model_or_name, keras.Model):
         raise ValueError(
-            "`model_or_name` must be a preset name (see nonlocal_zoo.list_models()) or a keras.Model. "
-            f"Received: model_or_name of type {type(model_or_name).__name__}"
+            "`model_or_name` must be a preset name, a preset directory, a .keras file, a VideoClassifier or a "
+            f"keras.Model. Received: model_or_name of type {type(model_or_name).__name__}"
         )
     if weights != "auto" or input_shape is not None:
         raise ValueError(
-            "`weights` and `input_shape` apply when exporting a preset by name; a keras.Model is exported as it is. "
+            "`weights` and `input_shape` apply when exporting a model by name; a keras.Model is exported as it is. "
             f"Received: weights={weights!r}, input_shape={input_shape!r}"
         )
     model = model_or_name
     if isinstance(preset, dict):
         return model, None, preset
-    name = preset or preset_of(model)
-    if name is None:
+    if preset is None:
         raise ValueError(
-            "Cannot tell which preprocessing this model needs: its name is not a preset. Pass `preset=` (a preset "
-            "name whose preprocessing it uses, or a dict with num_frames, sampling_rate, mean, std, scale). "
-            f"Received: model.name={model.name!r}, preset=None"
+            "Cannot tell which preprocessing this plain keras.Model needs (a model's name is not its preset). Pass "
+            "`preset=` (a preset name whose preprocessing it uses, or a dict with num_frames, sampling_rate, mean, "
+            f"std, scale), or export a VideoClassifier. Received: model.name={model.name!r}, preset=None"
         )
-    return model, name, get_preset(name)["preprocessing"]
+    return model, preset, get_preset(preset)["preprocessing"]
 
 
 def check_model(model):

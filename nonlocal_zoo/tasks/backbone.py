@@ -9,6 +9,8 @@ Example:
     >>> backbone.output.shape   # res5 map of 8 x 224 x 224 clips
     (None, 4, 7, 7, 2048)
 """
+import json
+
 import keras
 
 from nonlocal_zoo.models.arch import normalize_arch, validate_input_shape
@@ -41,10 +43,17 @@ class NonLocalResNetBackbone(keras.Model):
         inputs = keras.Input(shape=clip_shape, name="clip")
         stages = apply_backbone(inputs, **arch)  # {"res2": (B, T2, H2, W2, C2), ..., "res5": ...}
         super().__init__(inputs, stages[list(stages)[-1]], name=name or "nonlocal_resnet_backbone", **kwargs)
-        self.arch = arch
+        # Kept as JSON text: Keras tracks dicts and lists set on a model (and deep-copying a tracked container
+        # copies the whole model), while the architecture is plain data.
+        self._arch_json = json.dumps(arch)
         self.clip_shape = clip_shape
         self.preset = preset
-        self.stage_names = list(stages)
+        self.stage_names = tuple(stages)
+
+    @property
+    def arch(self):
+        """The complete `build_backbone` keyword arguments of this backbone (a fresh dict)."""
+        return json.loads(self._arch_json)
 
     def get_config(self):
         return {"arch": self.arch, "clip_shape": list(self.clip_shape), "preset": self.preset, "name": self.name,

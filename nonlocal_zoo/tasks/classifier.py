@@ -162,6 +162,12 @@ class VideoClassifier(keras.Model):
         """
         return preset_io.save_to_preset(self, preset_dir)
 
+    def with_clip_shape(self, clip_shape):
+        """This classifier rebuilt for another input size `(T, H, W, 3)` (e.g. a fixed size for TFLite), with the
+        same weights, preprocessing and labels; `self` when the size is already that."""
+        return _adapt(self, weights=None, num_classes=None, labels=None, format=None, preprocessing=None,
+                      clip_shape=tuple(clip_shape))
+
     # ------------------------------------------------------------------------------------------- inference
     def view_scores(self, clips, *, batch_size=DEFAULT_BATCH_SIZE):
         """Per-view scores in the domain the aggregation rule averages: probabilities (`"softmax"`) or logits.
@@ -254,7 +260,7 @@ def _check_labels(labels, num_classes):
 
 # ----------------------------------------------------------------------------------------------------------- resolve
 def resolve(spec, *, weights="auto", num_classes=None, labels=None, format=None, preset=None, clip_shape=None,
-            preprocessing=None, require_weights=False, **arch_overrides):
+            preprocessing=None, require_weights=False, dropout=None, **arch_overrides):
     """The `VideoClassifier` a user names: a registry preset, a preset directory, a `.keras` file or `hf://`.
 
     Args:
@@ -272,6 +278,7 @@ def resolve(spec, *, weights="auto", num_classes=None, labels=None, format=None,
         clip_shape: `(T, H, W, 3)` of the network input. Defaults to `(num_frames, None, None, 3)`.
         preprocessing: dict of preprocessing keys overriding the preset's (e.g. `{"test_num_clips": 1}`).
         require_weights: refuse `weights="auto"` for a preset without weights (what the CLI wants).
+        dropout: dropout rate before `pred` of a registry preset's model (default: the preset's, else 0.5).
         **arch_overrides: architecture keys replacing the preset's (e.g. `nonlocal_chunk_size=1024`).
 
     Returns:
@@ -299,28 +306,28 @@ def resolve(spec, *, weights="auto", num_classes=None, labels=None, format=None,
 
         spec = os.fspath(resolve_hf(spec))
     if spec in preset_io.registry_names() and not os.path.exists(spec):
-        return _from_registry(spec, clip_shape=clip_shape, preprocessing=preprocessing,
+        return _from_registry(spec, clip_shape=clip_shape, preprocessing=preprocessing, dropout=dropout,
                               require_weights=require_weights, arch_overrides=arch_overrides, **common)
     if os.path.isdir(spec):
         if not os.path.isfile(os.path.join(spec, preset_io.CONFIG_FILE)):
             raise ValueError(f"{spec!r} is a folder but not a preset directory (no {preset_io.CONFIG_FILE}; write one "
                              f"with VideoClassifier.save_to_preset). Received: model={spec!r}")
         clf = _from_directory(spec, weights=weights)
-        return _adapt(clf, preprocessing=preprocessing, **common)
+        return _adapt(clf, preprocessing=preprocessing, clip_shape=clip_shape, **common)
     if os.path.isfile(spec):
         if not spec.endswith(".keras"):
             raise ValueError("A model file must be a saved `.keras` model or a preset directory; for a weights file "
                              f"use `--model PRESET --weights FILE`. Received: model={spec!r}")
         clf = _from_keras_file(spec, preset=preset, weights=weights)
-        return _adapt(clf, preprocessing=preprocessing, **common)
+        return _adapt(clf, preprocessing=preprocessing, clip_shape=clip_shape, **common)
     close = difflib.get_close_matches(spec, ["demo", *sorted(PRESETS)], n=3, cutoff=0.5)
     hint = f" Did you mean {close}?" if close else " See `nonlocal-zoo list`."
-    raise ValueError(f"Unknown model: not a preset name, a preset directory or an existing .keras file.{hint} "
+    raise ValueError(f"Unknown preset: not a preset name, a preset directory or an existing .keras file.{hint} "
                      f"Received: model={spec!r}")
 
 
 def _from_registry(name, *, weights, num_classes, labels, format, clip_shape, preprocessing, require_weights,
-                   arch_overrides):
+                   arch_overrides, dropout=None):
     entry = get_preset(name)
     published = entry["weights"]
     if weights == "auto":
@@ -344,7 +351,7 @@ def _from_registry(name, *, weights, num_classes, labels, format, clip_shape, pr
     backbone = NonLocalResNetBackbone({**entry["arch"], **arch_overrides}, clip_shape=clip_shape, preset=name)
     head = entry.get("head") or {}
     clf = VideoClassifier(backbone, preprocessor=pre, labels=labels, preset=name, name=name,
-                          dropout=head.get("dropout", 0.5))
+                          dropout=head.get("dropout", 0.5) if dropout is None else dropout)
     same_head = base_labels is not None and len(base_labels) == len(labels)
     if weights == "package":
         if not same_head:
@@ -397,14 +404,15 @@ def _from_keras_file(path, *, preset, weights):
     return model
 
 
-def _adapt(clf, *, weights, num_classes, labels, format, preprocessing):
-    """A loaded classifier with another head (`num_classes`/`labels`) or preprocessing overrides."""
+def _adapt(clf, *, weights, num_classes, labels, format, preprocessing, clip_shape=None):
+    """A loaded classifier with another head (`num_classes`/`labels`), input size or preprocessing overrides."""
     del weights, format
     new_labels = labels if labels is not None else (
         [f"class_{i}" for i in range(num_classes)] if num_classes not in (None, clf.num_classes) else None)
-    if new_labels is None and not preprocessing:
+    clip_shape = None if clip_shape is None or tuple(clip_shape) == tuple(clf.backbone.clip_shape) else clip_shape
+    if new_labels is None and not preprocessing and clip_shape is None:
         return clf
-    if new_labels is not None and len(new_labels) == clf.num_classes and not preprocessing:
+    if new_labels is not None and len(new_labels) == clf.num_classes and not preprocessing and clip_shape is None:
         clf.labels = tuple(new_labels)  # renamed classes, same head
         return clf
     config = clf.get_config()
@@ -414,7 +422,10 @@ def _adapt(clf, *, weights, num_classes, labels, format, preprocessing):
         config["preprocessor"] = VideoClassifierPreprocessor.from_config(pre)
     else:
         config["preprocessor"] = clf.preprocessor
-    config["backbone"] = NonLocalResNetBackbone.from_config(clf.backbone.get_config())
+    backbone_config = clf.backbone.get_config()
+    if clip_shape is not None:
+        backbone_config["clip_shape"] = list(clip_shape)
+    config["backbone"] = NonLocalResNetBackbone.from_config(backbone_config)
     same_head = new_labels is None or len(new_labels) == clf.num_classes
     config["labels"] = list(new_labels) if new_labels is not None else list(clf.labels)
     new = VideoClassifier.from_config(config)

@@ -75,7 +75,7 @@ def load_config(config):
         A dict of `finetune` keyword arguments.
 
     Raises:
-        ValueError: when the file is missing, is not a YAML mapping, or has unknown keys.
+        ValueError: when the file is missing, is not valid YAML or not a YAML mapping, or has unknown keys.
 
     Example:
         >>> load_config("finetune_i3d_nl5_r50_8x8")["model"]
@@ -95,7 +95,13 @@ def load_config(config):
                                  f"Received: config={path!r}")
             path = candidate
         with open(path, encoding="utf-8") as f:
-            loaded = yaml.safe_load(f) or {}
+            try:
+                loaded = yaml.safe_load(f) or {}
+            except yaml.YAMLError as error:
+                where = getattr(error, "problem_mark", None)
+                line = f" (line {where.line + 1}, column {where.column + 1})" if where is not None else ""
+                problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+                raise ValueError(f"Fine-tuning config {path!r} is not valid YAML{line}: {problem}") from None
         if not isinstance(loaded, dict):
             raise ValueError(f"A fine-tuning config must be a YAML mapping of settings. Received: {path!r} holding "
                              f"{type(loaded).__name__}")

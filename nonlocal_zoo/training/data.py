@@ -35,6 +35,54 @@ class TrainingData:
     steps_per_epoch: int
 
 
+def check_training_source(data, *, split=None, decode_options=None, max_probes=None):
+    """Refuse a training set that cannot train a classifier, before any TensorFlow work.
+
+    A folder or list file must name at least two classes, every class must have clips, and at least one clip must
+    decode (probed in listing order until one does: one frame is read). TFDS datasets are checked by TFDS.
+
+    Args:
+        data: the `data` setting (folder, list file or `"tfds:<name>"`).
+        split: the split sub-folder.
+        decode_options: decoder options for the probe.
+        max_probes: stop after this many undecodable clips (None: try every clip until one decodes).
+
+    Returns:
+        The `ClipList`, or None for a TFDS source.
+
+    Raises:
+        ValueError: naming the data, the empty classes or the decode errors.
+
+    Example:
+        >>> check_training_source("my_clips", split="train").class_names
+    """
+    if not is_file_source(data):
+        return None
+    from nonlocal_zoo.data import read_frames_for
+    from nonlocal_zoo.data.pipeline import clip_list
+
+    clips = clip_list(data, split=split)
+    names = clips.class_names or [str(i) for i in range(max(clips.labels) + 1)]
+    where = f"{os.fspath(data)!r}" + (f" (split {split!r})" if split else "")
+    if len(names) < 2:
+        raise ValueError(f"Fine-tuning needs at least 2 classes; {where} has {len(names)}: {names}. Add a folder "
+                         "of clips per class.")
+    counts = [0] * len(names)
+    for label in clips.labels:
+        counts[label] += 1
+    empty = [name for name, n in zip(names, counts) if n == 0]
+    if empty:
+        raise ValueError(f"Class folder(s) of {where} without any video file: {empty}. Remove them or add clips.")
+    errors = []
+    for path in clips.paths[:max_probes] if max_probes else clips.paths:
+        try:
+            read_frames_for(path, lambda num_frames: [0], **(decode_options or {}))
+            return clips
+        except (ValueError, OSError) as error:  # VideoDecodeError is a ValueError
+            errors.append(f"{path}: {getattr(error, 'reason', None) or error}")
+    raise ValueError(f"None of the {len(errors)} clips of {where} could be decoded, e.g. {errors[:3]}")
+
+
 def training_data(cfg, *, strategy, preprocessing, global_batch, multiworker):
     """Build the training and validation pipelines of a resolved config.
 

@@ -8,7 +8,9 @@ on a step or cosine schedule with optional linear warmup. One machine or many: `
 logical CPUs, of this machine) or `"multiworker"` (`TF_CONFIG`); the global batch is `batch_size x replicas` and the
 learning rate is scaled linearly with it.
 
-Everything a run writes lives in `output_dir` (see `nonlocal_zoo.training.run_folder`). A run that is killed (even
+Everything a run writes lives in `output_dir` (see `nonlocal_zoo.training.run_folder`); a finished run's folder is
+also a `VideoClassifier` preset directory of its best checkpoint (`VideoClassifier.from_preset(output_dir)`,
+`nonlocal-zoo classify VIDEO --model output_dir`). A run that is killed (even
 mid-epoch) continues with `resume=True` (`--resume`) from the state saved at the end of its last finished epoch: no
 finished epoch is lost, its logs and checkpoints are kept.
 
@@ -32,7 +34,7 @@ from nonlocal_zoo.training.config import (
     preprocessing_overrides,
     resolve_config,
 )
-from nonlocal_zoo.training.data import training_data
+from nonlocal_zoo.training.data import check_training_source, training_data
 from nonlocal_zoo.training.distribute import (
     get_strategy,
     prepare_multiworker_model,
@@ -50,9 +52,11 @@ from nonlocal_zoo.training.run_folder import (
     clear_unfinished_epochs,
     history_from_log,
     leave_worker_folder,
+    lock_run_folder,
     load_checkpoint,
     read_class_names,
     read_log,
+    write_preset,
     write_run_files,
 )
 
@@ -102,13 +106,19 @@ def finetune(data=None, *, config=None, output_dir=None, resume=False, overwrite
         strategy_object = options["strategy"]
         options["strategy"] = strategy_setting(strategy_object)
     cfg, run = _resolve_run(dict(options, data=data, output_dir=output_dir), config, resume)
-    if not resume:
-        clear_run(run.paths.output_dir, output_dir=cfg["output_dir"], is_chief=run.is_chief, resume=resume,
-                  overwrite=overwrite)
-    start = _resume_point(cfg, run.paths, resume, verbose) if resume else _Start()
-    if start.finished is not None:
-        return start.finished
+    check_training_source(cfg["data"], split=cfg["split"])  # classes, clips and one decodable clip, up front
+    with lock_run_folder(run.paths.output_dir):
+        if not resume:
+            clear_run(run.paths.output_dir, output_dir=cfg["output_dir"], is_chief=run.is_chief, resume=resume,
+                      overwrite=overwrite)
+        start = _resume_point(cfg, run.paths, resume, verbose) if resume else _Start()
+        if start.finished is not None:
+            return start.finished
+        return _train(cfg, run, start, strategy_object, callbacks, verbose)
 
+
+def _train(cfg, run, start, strategy_object, callbacks, verbose):
+    """The TensorFlow part of a run: strategy, seed, dtype policy, then `_run`."""
     # TensorFlow work starts here; a multi-worker strategy must come first.
     import keras
 
@@ -213,7 +223,7 @@ def _run(cfg, *, run, start, strategy, policy, callbacks, verbose):
 
     with strategy.scope():
         model, frozen = build_training_model(
-            cfg, num_classes=len(data.class_names), frames=pre["num_frames"], schedule=schedule,
+            cfg, class_names=data.class_names, preprocessing=pre, schedule=schedule,
             restoring=start.restored_epoch is not None, load_from=paths.last if start.from_last else None)
     if multiworker:
         prepare_multiworker_model(model, strategy, frames=pre["num_frames"], crop=pre["train_crop"])
@@ -298,8 +308,12 @@ def _finish(model, fit, cfg, run, start, class_names, derived, monitor, verbose)
     """Report, remove a worker's temporary folder, and return the `FinetuneResult` (chief's paths)."""
     paths = run.paths
     rows = read_log(paths.csv)
+    if run.is_chief:
+        write_preset(paths)
     _say(verbose, f"Done: {len(rows)} epochs. Best ({monitor}): {paths.best}; last: {paths.last}; "
-                  f"logs: {paths.logs}; class map: {paths.class_names}")
+                  f"logs: {paths.logs}; class map: {paths.class_names}",
+         f"The run folder is a model preset (the best checkpoint): nonlocal-zoo classify VIDEO --model "
+         f"{paths.output_dir}")
     if not run.is_chief:
         leave_worker_folder(paths.output_dir)
     history = history_from_log(rows) if rows else dict(fit.history)

@@ -65,11 +65,11 @@ def freeze_stages(model, up_to):
 
 
 def convert_to_sync_batchnorm(model):
-    """A copy of `model` whose BatchNormalization layers are `synchronized=True` (statistics over all replicas).
+    """Switch every BatchNormalization layer of `model` (those inside non-local blocks too) to synchronized
+    statistics over all replicas, in place; returns the model.
 
-    The top-level layers are re-created from their configs (`keras.models.clone_model`) with `synchronized=True`;
-    BatchNormalization layers nested in other layers (the `bn` of each `NonLocalBlock`) are switched on the copy.
-    Weights are copied. Call it inside the strategy scope.
+    `synchronized` is read by Keras' BatchNormalization at call time (TensorFlow backend), so the model, a
+    `VideoClassifier`, keeps its class, config and weights. Call it inside the strategy scope, before `compile`.
 
     Example:
         >>> with strategy.scope():
@@ -77,18 +77,10 @@ def convert_to_sync_batchnorm(model):
     """
     import keras
 
-    def clone(layer):
-        config = layer.get_config()
-        if isinstance(layer, keras.layers.BatchNormalization):
-            config["synchronized"] = True
-        return layer.__class__.from_config(config)
-
-    synced = keras.models.clone_model(model, clone_function=clone)
-    synced.set_weights(model.get_weights())
-    for layer in _compat.flatten_layers(synced):
+    for layer in _compat.flatten_layers(model):
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.synchronized = True
-    return synced
+    return model
 
 
 def normalization_variable_paths(model):
@@ -132,18 +124,20 @@ def mixed_policy(setting):
     return setting
 
 
-def build_training_model(cfg, *, num_classes, frames, schedule, restoring=False, load_from=None):
-    """The compiled model of a run (call inside the strategy scope).
+def build_training_model(cfg, *, class_names, preprocessing, schedule, restoring=False, load_from=None):
+    """The compiled `VideoClassifier` of a run (call inside the strategy scope).
 
-    The preset (with `cfg["weights"]`, unless the run is being restored: its backup or checkpoint holds every
-    weight), a new `pred` head for
-    `num_classes`, synchronized BatchNorm when `sync_bn`, frozen stages, and `MomentumSGD` with decay on the
-    normalisation scales/offsets only when `weight_decay_bn == weight_decay`.
+    The preset through the one resolver (`nonlocal_zoo.tasks.resolve`): its architecture (with `cfg["arch"]`
+    overrides), the run's preprocessing, `cfg["weights"]` (unless the run is being restored: its backup or
+    checkpoint holds every weight) and a new `pred` head for `class_names`; then synchronized BatchNorm when
+    `sync_bn`, frozen stages, and `MomentumSGD` with decay on the normalisation scales/offsets only when
+    `weight_decay_bn == weight_decay`. The model carries its preprocessing and class names, so its checkpoints
+    load in every command.
 
     Args:
         cfg: a resolved config.
-        num_classes: classes of the new head.
-        frames: clip length of the input.
+        class_names: the classes of the new head, in label order.
+        preprocessing: the run's resolved preprocessing dict (clip length, crops, normalisation, views).
         schedule: the learning-rate schedule.
         restoring: the run resumes (from its backup or `load_from`): the preset's weights are not loaded.
         load_from: a `.keras` checkpoint of the run whose weights and optimizer state to load, or None.
@@ -152,16 +146,16 @@ def build_training_model(cfg, *, num_classes, frames, schedule, restoring=False,
         `(model, frozen layer names)`.
 
     Example:
-        >>> model, frozen = build_training_model(cfg, num_classes=5, frames=8, schedule=0.01)
+        >>> model, frozen = build_training_model(cfg, class_names=["a", "b"], preprocessing=pre, schedule=0.01)
     """
     import keras
 
-    from nonlocal_zoo.models import add_classifier_head, create_model
+    from nonlocal_zoo.tasks import resolve
 
     weights = None if restoring or load_from is not None else cfg["weights"]  # the backup holds every weight
-    base = create_model(cfg["model"], weights=weights, include_top=False, input_shape=(frames, None, None, 3),
-                        **cfg["arch"])
-    model = add_classifier_head(base, classes=num_classes, dropout_rate=cfg["dropout_rate"])
+    model = resolve(cfg["model"], weights=weights, labels=list(class_names), preprocessing=dict(preprocessing),
+                    clip_shape=(preprocessing["num_frames"], None, None, 3), dropout=cfg["dropout_rate"],
+                    **cfg["arch"])
     if cfg["sync_bn"]:
         model = convert_to_sync_batchnorm(model)
     frozen = freeze_stages(model, cfg["freeze_stages"])

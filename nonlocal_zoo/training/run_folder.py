@@ -6,6 +6,9 @@
     logs/                  TensorBoard (`tensorboard --logdir <output_dir>/logs`)
     training_log.csv       one row per finished epoch (kept across resumptions, never duplicated)
     backup/                `keras.callbacks.BackupAndRestore` state while a run is unfinished (weights + optimizer)
+    config.json, model.weights.h5, preprocessor.json, labels.txt, metadata.json, README.md
+                           written when the run finishes: the folder is then a `VideoClassifier` preset directory
+                           of the best checkpoint (`VideoClassifier.from_preset(output_dir)`)
 
 `write_run_files` writes the files a run starts with (settings, class map, folders); the checkpoints, logs and
 backup are written during training by the callbacks of `nonlocal_zoo.training.callbacks.run_callbacks`.
@@ -14,6 +17,7 @@ Example:
     >>> paths = RunPaths("runs/mine")
     >>> read_log(paths.csv)[-1]["accuracy"]
 """
+import contextlib
 import csv
 import dataclasses
 import json
@@ -27,7 +31,9 @@ from nonlocal_zoo.training.optim import register_keras_objects
 RUN_CONFIG = "run_config.yaml"
 CLASS_NAMES = "class_names.txt"
 CSV_LOG = "training_log.csv"
-RUN_FILES = (RUN_CONFIG, CLASS_NAMES, CSV_LOG, "checkpoints", "logs", "backup")
+# The preset-directory files (`nonlocal_zoo.tasks.save_to_preset`) a finished run also holds.
+PRESET_FILES = ("config.json", "model.weights.h5", "preprocessor.json", "labels.txt", "metadata.json", "README.md")
+RUN_FILES = (RUN_CONFIG, CLASS_NAMES, CSV_LOG, "checkpoints", "logs", "backup", *PRESET_FILES)
 WORKERS_DIR = "workers"
 
 
@@ -222,6 +228,54 @@ def write_run_files(paths, *, class_names, settings, derived, restored_epoch=Non
     write_yaml(paths.config, {**settings, "derived": derived})
     if restored_epoch is not None:
         truncate_log(paths.csv, restored_epoch)
+
+
+LOCK_FILE = ".finetune.lock"
+
+
+@contextlib.contextmanager
+def lock_run_folder(run_dir):
+    """Hold the run folder's lock for the duration of a run: a second `finetune` into the same folder is refused.
+
+    The lock is an OS file lock (released by the OS when the process dies, so a killed run can be resumed).
+
+    Raises:
+        ValueError: another process holds the lock.
+
+    Example:
+        >>> with lock_run_folder("runs/mine"):
+        ...     ...
+    """
+    import filelock
+
+    os.makedirs(run_dir, exist_ok=True)
+    lock = filelock.FileLock(os.path.join(run_dir, LOCK_FILE), timeout=0)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        raise ValueError(f"Another finetune run is writing to {run_dir!r} (it holds {LOCK_FILE}); wait for it to "
+                         "finish, or choose another output_dir.") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def write_preset(paths):
+    """Make a run folder a `VideoClassifier` preset directory of its best checkpoint (else its last one).
+
+    Example:
+        >>> write_preset(RunPaths("runs/mine"))   # then VideoClassifier.from_preset("runs/mine")
+    """
+    from nonlocal_zoo.tasks import VideoClassifier
+
+    source = paths.best if os.path.isfile(paths.best) else paths.last
+    if not os.path.isfile(source):
+        return None
+    model = load_checkpoint(source)
+    if not isinstance(model, VideoClassifier):
+        raise ValueError(f"The checkpoint {source!r} is not a VideoClassifier. Received: {type(model).__name__}")
+    return model.save_to_preset(paths.output_dir)
 
 
 def leave_worker_folder(run_dir):
