@@ -122,7 +122,7 @@ def _check_model_arg(args):
 
         close = difflib.get_close_matches(model, ["demo", *PRESETS], n=3, cutoff=0.5)
         hint = f" Did you mean {close}?" if close else " See `nonlocal-zoo list`."
-        raise UsageError(f"Unknown model: not a preset name, a preset directory or an existing .keras file.{hint} "
+        raise UsageError(f"Unknown preset: not a preset name, a preset directory or an existing .keras file.{hint} "
                          f"Received: --model {model!r}")
     weights = getattr(args, "weights", "auto")
     if weights not in (None, "auto", "none", "None", "kinetics400") and not str(weights).startswith("hf://") and \
@@ -137,8 +137,7 @@ def _cmd_classify(args):
     from nonlocal_zoo.inference import classify
 
     model = _load(args)
-    results = classify(model, args.videos, top_k=min(args.top_k, model.num_classes), num_clips=args.num_clips,
-                       num_crops=args.num_crops)
+    results = classify(model, args.videos, top_k=args.top_k, num_clips=args.num_clips, num_crops=args.num_crops)
     failed = [r for r in results if "error" in r]
     if args.json:
         _print_json(results)
@@ -205,16 +204,10 @@ def _cmd_download(args):
 def _cmd_export(args):
     from nonlocal_zoo.export import export_model
 
-    from nonlocal_zoo.presets import PRESETS
-
-    if args.model in PRESETS:  # the exporter builds it (weights "auto": published ones if any) at the training crop
-        weights = None if args.weights in ("none", "None") else args.weights
-        out = export_model(args.model, args.format, args.out, weights=weights, quantization=args.quantization,
-                           overwrite=args.overwrite)
-    else:
-        model = _load(args)
-        out = export_model(model, args.format, args.out, preset=model.preprocessor.config, labels=list(model.labels),
-                           quantization=args.quantization, overwrite=args.overwrite)
+    model = _load(args)  # an architecture-only preset needs --weights (`none` for a random export)
+    pre = model.preprocessor.config
+    model = model.with_clip_shape((pre["num_frames"], pre["train_crop"], pre["train_crop"], 3))  # fixed for TFLite
+    out = export_model(model, args.format, args.out, quantization=args.quantization, overwrite=args.overwrite)
     print(f"wrote {out}")
     return EXIT_OK
 
