@@ -687,6 +687,9 @@ def main(argv=None):
         return EXIT_USAGE
     global _DEBUG
     _DEBUG = args.debug
+    if not args.debug:  # FFmpeg's and OpenCV's own log lines would come before our one `error:` line
+        os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+        os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
     try:
         _precheck(args)  # cheap mistakes are reported before TensorFlow is imported (seconds)
         if args.command not in ("list", "info", "download", "benchmark"):
