@@ -32,7 +32,7 @@ _LAZY = {
     "c2d_resnet101": "nonlocal_zoo.models",
     "preprocess_input": "nonlocal_zoo.pretrained",
     "decode_predictions": "nonlocal_zoo.pretrained",
-    "push_to_hub": "nonlocal_zoo.pretrained",
+    "push_to_hub": "nonlocal_zoo.hub",
     "evaluate": "nonlocal_zoo.evaluation",
     "extract_features": "nonlocal_zoo.features",
     "tasks": "nonlocal_zoo.tasks",

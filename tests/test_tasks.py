@@ -297,3 +297,27 @@ def test_classify_uses_the_rule(tmp_path):
     top = classify(clf, [video], top_k=5, num_clips=2, num_crops=3)[0]["top"]
     for item in top:
         assert abs(item["score"] - expected[item["index"]]) < 1e-5
+
+
+# ------------------------------------------------------------------------------------------------------ hub
+def test_push_to_hub_and_from_preset_hf(tmp_path, monkeypatch, demo_clips):
+    import huggingface_hub
+
+    import nonlocal_zoo
+    from tests.test_loading import _LocalHub
+
+    hf_home = tmp_path / "hf_home"
+    monkeypatch.setenv("HF_HOME", str(hf_home))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    monkeypatch.setattr(_LocalHub, "hf_home", hf_home)
+    monkeypatch.setattr(_LocalHub, "uploads", [])
+    monkeypatch.setattr(huggingface_hub, "HfApi", _LocalHub)
+    assert nonlocal_zoo.push_to_hub("demo", "me/demo") == "commit-info"  # a name: through the resolver
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    clf = VideoClassifier.from_preset("hf://me/demo")
+    fresh = VideoClassifier.from_preset("demo")
+    assert clf.labels == fresh.labels and clf.preprocessor.config == fresh.preprocessor.config
+    np.testing.assert_array_equal(clf.predict(demo_clips), fresh.predict(demo_clips))
+    readme = next((hf_home / "hub").glob("models--me--demo/snapshots/*/README.md")).read_text()
+    assert "moving_left" in readme and "apache-2.0" in readme
