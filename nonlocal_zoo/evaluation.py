@@ -6,6 +6,7 @@ own, as the official test code also prints.
 """
 import collections
 import concurrent.futures
+import functools
 import logging
 import os
 
@@ -134,6 +135,40 @@ def evaluate(model, source, *, preset=None, num_clips=10, num_crops=3, batch_siz
         >>> result = evaluate(model, "kinetics_val/", preset="i3d_nl5_r50_8x8_kinetics400")
         >>> result["video_top1"], result["clip_top1"]
     """
+    top_k = _check_arguments(on_error, num_clips, num_crops, batch_size, top_k)
+    if preset is None and hasattr(model, "preprocessor"):
+        preset = model.preprocessor.config
+    config = preprocessing.resolve_preprocessing(preset, test_num_clips=num_clips, test_num_crops=num_crops,
+                                                 **overrides)
+    aggregation = aggregation or config["test_aggregation"]
+    if aggregation not in ("softmax", "logits"):
+        raise ValueError(f"`aggregation` must be 'softmax' or 'logits'. Received: aggregation={aggregation!r}")
+    view_bytes = 4 * config["num_frames"] * config["test_crop"] ** 2 * 3
+    cap = max(1, int(max_batch_bytes) // view_bytes)
+    predict, apply_softmax = _view_score_fn(model, aggregation, apply_softmax)
+    batcher = _ViewBatcher(predict, config, views_per_video=num_clips * num_crops,
+                           views_per_batch=cap if batch_size is None else min(batch_size, cap),
+                           apply_softmax=apply_softmax, aggregation=aggregation)
+    items, _ = _iter_items(source, split=split, class_names=class_names, data_dir=data_dir, extensions=extensions)
+    load = functools.partial(_load_views, config=config, on_error=on_error,
+                             decode_options={"num_threads": 1, **(decode_options or {})})
+    skipped = []
+    bar = _progress_bar(progress)
+    for views, label, name, error in _decoded_in_order(items, load, num_workers or os.cpu_count() or 1):
+        if bar is not None:
+            bar.update(1)
+        if error is not None:
+            skipped.append((name, getattr(error, "reason", None) or f"{type(error).__name__}: {error}"))
+            continue
+        batcher.add(views, label, name)
+    batcher.flush(final=True)
+    if bar is not None:
+        bar.close()
+    return _results(batcher, skipped, top_k, aggregation, return_predictions)
+
+
+def _check_arguments(on_error, num_clips, num_crops, batch_size, top_k):
+    """Validated `top_k` as a tuple; bad arguments raise ValueError quoting them."""
     if on_error not in ON_ERROR:
         raise ValueError(f"`on_error` must be one of {ON_ERROR}. Received: on_error={on_error!r}")
     if not isinstance(num_clips, int) or num_clips < 1:
@@ -145,84 +180,24 @@ def evaluate(model, source, *, preset=None, num_clips=10, num_crops=3, batch_siz
     top_k = tuple(int(k) for k in top_k)
     if not top_k or min(top_k) < 1:
         raise ValueError(f"`top_k` must be positive ints. Received: top_k={top_k!r}")
-    if preset is None and hasattr(model, "preprocessor"):
-        preset = model.preprocessor.config
-    config = preprocessing.resolve_preprocessing(preset, test_num_clips=num_clips, test_num_crops=num_crops,
-                                                 **overrides)
-    aggregation = aggregation or config["test_aggregation"]
-    if aggregation not in ("softmax", "logits"):
-        raise ValueError(f"`aggregation` must be 'softmax' or 'logits'. Received: aggregation={aggregation!r}")
-    views_per_video = num_clips * num_crops
-    view_bytes = 4 * config["num_frames"] * config["test_crop"] ** 2 * 3
-    cap = max(1, int(max_batch_bytes) // view_bytes)
-    views_per_batch = cap if batch_size is None else min(batch_size, cap)
-    decode_options = {"num_threads": 1, **(decode_options or {})}
-    num_workers = num_workers or os.cpu_count() or 1
+    return top_k
 
-    predict, apply_softmax = _view_score_fn(model, aggregation, apply_softmax)
 
-    def load(item):
-        video, label, name = item
-        try:
-            # uint8 views (4x smaller while queued); normalised per batch just before the model
-            views = preprocessing.multiview_clips(video, preset=config, normalize=False,
-                                                  decode_options=decode_options)
-            return views, label, name, None
-        except Exception as e:  # one bad video never ends an evaluation with on_error="skip"
-            if on_error == "raise":
-                raise
-            return None, label, name, e
+def _load_views(item, *, config, on_error, decode_options):
+    """`(uint8 views, label, name, error)` of one `(video, label, name)` item (views None when it failed)."""
+    video, label, name = item
+    try:
+        # uint8 views (4x smaller while queued); normalised per batch just before the model
+        views = preprocessing.multiview_clips(video, preset=config, normalize=False, decode_options=decode_options)
+        return views, label, name, None
+    except Exception as e:  # one bad video never ends an evaluation with on_error="skip"
+        if on_error == "raise":
+            raise
+        return None, label, name, e
 
-    items, _ = _iter_items(source, split=split, class_names=class_names, data_dir=data_dir, extensions=extensions)
 
-    pending_views = []  # list of (video slot, view array (V, T, S, S, 3))
-    pending_count = 0
-    outputs = collections.defaultdict(list)  # video slot -> list of (n, C) output arrays
-    labels, names, skipped = [], [], []
-    video_scores, view_scores = [], []
-
-    def run_model(chunks):
-        x = np.concatenate([v for _, v in chunks])  # (B, T, S, S, 3), B <= views_per_batch
-        x = transforms.normalize(x, mean=config["mean"], std=config["std"], scale=config["scale"],
-                                 channel_order=config["channel_order"])
-        y = np.asarray(predict(x))
-        if y.ndim != 2 or y.shape[0] != x.shape[0]:
-            raise ValueError(f"The model must return (batch, num_classes) scores. Received: output shape {y.shape}")
-        if apply_softmax:
-            y = _softmax(y.astype(np.float64))
-        start = 0
-        for slot, v in chunks:
-            outputs[slot].append(y[start:start + len(v)])
-            start += len(v)
-
-    def flush(final=False):
-        nonlocal pending_views, pending_count
-        while pending_count >= views_per_batch or (final and pending_count):
-            chunk, taken = [], 0
-            while pending_views and taken < views_per_batch:
-                slot, v = pending_views[0]
-                room = views_per_batch - taken
-                if len(v) <= room:
-                    chunk.append((slot, v))
-                    taken += len(v)
-                    pending_views.pop(0)
-                else:
-                    chunk.append((slot, v[:room]))
-                    pending_views[0] = (slot, v[room:])
-                    taken += room
-            pending_count -= taken
-            run_model(chunk)
-        done = [slot for slot in list(outputs) if sum(len(o) for o in outputs[slot]) == views_per_video]
-        for slot in sorted(done):
-            per_view = np.concatenate(outputs.pop(slot))  # (V, C)
-            view_scores[slot] = per_view
-            video_scores[slot] = aggregate_views(per_view, aggregation)
-
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(unit="video", desc="evaluate")
+def _decoded_in_order(items, load, num_workers):
+    """`load(item)` for every item on a thread pool (a few ahead of the consumer), yielded in input order."""
     with concurrent.futures.ThreadPoolExecutor(num_workers) as pool:
         in_flight = collections.deque()
         iterator = iter(items)
@@ -234,46 +209,105 @@ def evaluate(model, source, *, preset=None, num_clips=10, num_crops=3, batch_siz
                 except StopIteration:
                     exhausted = True
             if not in_flight:
-                break
-            views, label, name, error = in_flight.popleft().result()
-            if bar is not None:
-                bar.update(1)
-            if error is not None:
-                reason = getattr(error, "reason", None) or f"{type(error).__name__}: {error}"
-                skipped.append((name, reason))
-                continue
-            slot = len(labels)
-            labels.append(label)
-            names.append(name)
-            video_scores.append(None)
-            view_scores.append(None)
-            pending_views.append((slot, views))
-            pending_count += len(views)
-            flush()
-        flush(final=True)
-    if bar is not None:
-        bar.close()
+                return
+            yield in_flight.popleft().result()
+
+
+def _progress_bar(progress):
+    if not progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(unit="video", desc="evaluate")
+
+
+class _ViewBatcher:
+    """Batches the views of consecutive videos into forward passes of at most `views_per_batch` views, and
+    aggregates each video's view scores once all of them are in."""
+
+    def __init__(self, predict, config, *, views_per_video, views_per_batch, apply_softmax, aggregation):
+        self.predict, self.config = predict, config
+        self.views_per_video, self.views_per_batch = views_per_video, views_per_batch
+        self.apply_softmax, self.aggregation = apply_softmax, aggregation
+        self.pending = []  # (video slot, uint8 views (V, T, S, S, 3)) not yet run
+        self.pending_count = 0
+        self.outputs = collections.defaultdict(list)  # video slot -> list of (n, C) score arrays
+        self.labels, self.names, self.video_scores, self.view_scores = [], [], [], []
+
+    def add(self, views, label, name):
+        slot = len(self.labels)
+        self.labels.append(label)
+        self.names.append(name)
+        self.video_scores.append(None)
+        self.view_scores.append(None)
+        self.pending.append((slot, views))
+        self.pending_count += len(views)
+        self.flush()
+
+    def flush(self, final=False):
+        while self.pending_count >= self.views_per_batch or (final and self.pending_count):
+            self._run(self._next_chunk())
+        done = [slot for slot in list(self.outputs)
+                if sum(len(o) for o in self.outputs[slot]) == self.views_per_video]
+        for slot in sorted(done):
+            per_view = np.concatenate(self.outputs.pop(slot))  # (V, C)
+            self.view_scores[slot] = per_view
+            self.video_scores[slot] = aggregate_views(per_view, self.aggregation)
+
+    def _next_chunk(self):
+        """Up to `views_per_batch` pending views as `[(slot, views)]`, splitting a video across batches."""
+        chunk, taken = [], 0
+        while self.pending and taken < self.views_per_batch:
+            slot, v = self.pending[0]
+            room = self.views_per_batch - taken
+            if len(v) <= room:
+                chunk.append((slot, v))
+                taken += len(v)
+                self.pending.pop(0)
+            else:
+                chunk.append((slot, v[:room]))
+                self.pending[0] = (slot, v[room:])
+                taken += room
+        self.pending_count -= taken
+        return chunk
+
+    def _run(self, chunk):
+        c = self.config
+        x = np.concatenate([v for _, v in chunk])  # (B, T, S, S, 3), B <= views_per_batch
+        x = transforms.normalize(x, mean=c["mean"], std=c["std"], scale=c["scale"], channel_order=c["channel_order"])
+        y = np.asarray(self.predict(x))
+        if y.ndim != 2 or y.shape[0] != x.shape[0]:
+            raise ValueError(f"The model must return (batch, num_classes) scores. Received: output shape {y.shape}")
+        if self.apply_softmax:
+            y = _softmax(y.astype(np.float64))
+        start = 0
+        for slot, v in chunk:
+            self.outputs[slot].append(y[start:start + len(v)])
+            start += len(v)
+
+
+def _results(batcher, skipped, top_k, aggregation, return_predictions):
+    """The result dict of `evaluate` (accuracies, counts, skipped videos, optionally the scores)."""
     if skipped:
         logger.warning("evaluate: skipped %d videos that could not be decoded: %s", len(skipped),
                        "; ".join(f"{n} ({r})" for n, r in skipped[:20]))
-    if not labels:
+    if not batcher.labels:
         raise ValueError(f"No video could be evaluated ({len(skipped)} skipped): {skipped[:5]}")
-
-    labels_arr = np.asarray(labels, dtype=np.int64)
-    video_arr = np.stack(video_scores)  # (N, C)
-    view_arr = np.stack(view_scores)  # (N, V, C)
-    if labels_arr.max() >= video_arr.shape[-1]:
-        raise ValueError(
-            f"A label ({labels_arr.max()}) is outside the model's {video_arr.shape[-1]} classes."
-        )
+    labels = np.asarray(batcher.labels, dtype=np.int64)
+    video_arr = np.stack(batcher.video_scores)  # (N, C)
+    view_arr = np.stack(batcher.view_scores)  # (N, V, C)
+    if labels.max() >= video_arr.shape[-1]:
+        raise ValueError(f"A label ({labels.max()}) is outside the model's {video_arr.shape[-1]} classes.")
+    views_per_video = batcher.views_per_video
     result = {}
     for k in top_k:
-        result[f"video_top{k}"] = float(_topk_hits(video_arr, labels_arr, k).mean())
-        hits = _topk_hits(view_arr, np.repeat(labels_arr[:, None], views_per_video, axis=1), k)
+        result[f"video_top{k}"] = float(_topk_hits(video_arr, labels, k).mean())
+        hits = _topk_hits(view_arr, np.repeat(labels[:, None], views_per_video, axis=1), k)
         result[f"clip_top{k}"] = float(hits.mean())
     result.update({"num_videos": len(labels), "num_views": len(labels) * views_per_video,
                    "views_per_video": views_per_video, "aggregation": aggregation, "num_skipped": len(skipped),
                    "skipped": skipped})
     if return_predictions:
-        result.update({"video_scores": video_arr, "view_scores": view_arr, "labels": labels_arr, "names": names})
+        result.update({"video_scores": video_arr, "view_scores": view_arr, "labels": labels,
+                       "names": batcher.names})
     return result

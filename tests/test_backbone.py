@@ -225,7 +225,9 @@ def test_keras_round_trip(tmp_path):
     model.save(path)
     restored = keras.saving.load_model(path)
     np.testing.assert_allclose(np.asarray(restored(clip)), expected, rtol=1e-5, atol=1e-6)
-    assert preset_of(restored) == "i3d_nl5_r50_8x8_kinetics400"
+    # a plain Keras model does not save its preset, and its name is not taken for one (issue 12): a renamed model
+    # would lose it; VideoClassifier keeps the preset in its config
+    assert restored.name == "i3d_nl5_r50_8x8_kinetics400" and preset_of(restored) is None
     assert [layer.name for layer in restored.layers] == [layer.name for layer in model.layers]
     clone = keras.Model.from_config(model.get_config())
     assert clone.count_params() == model.count_params()

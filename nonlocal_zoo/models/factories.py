@@ -1,6 +1,7 @@
 """`create_model(name)` and the keras.applications-style factories (`nl_resnet50_3d`, ...), thin wrappers over presets.
 
-The preset a model was built from is its Keras name (`model.name`, unless `model_name=` is given); `preset_of(model)`
+A model built here is named after its preset (unless `model_name=` is given), but nothing looks the preset up by that
+name: loaders take `preset=` explicitly, and a `VideoClassifier` records its preset in its config; `preset_of(model)`
 returns it. Nothing else is stored on the model, so this survives `.keras` saving.
 """
 import os
@@ -18,8 +19,10 @@ POOLINGS = (None, "avg", "max")
 
 
 def preset_of(model):
-    """The preset name a model was built from (its Keras name), or `None` if the name is not a preset."""
-    return model.name if model.name in PRESETS else None
+    """The preset a model records in its config (`VideoClassifier.preset`, `NonLocalResNetBackbone.preset`), or
+    `None`. A model's Keras name is never taken for its preset: a renamed or fine-tuned model would lose it."""
+    preset = getattr(model, "preset", None)
+    return preset if preset in PRESETS else None
 
 
 def _check_weights(name, preset, weights):
@@ -166,6 +169,7 @@ def create_model(
     elif pooling == "max":
         x = keras.layers.GlobalMaxPooling3D(name="max_pool")(x)
     model = keras.Model(model_inputs, x, name=model_name or name)
+    model.preset = name  # in memory only: a plain Keras model does not save it (a VideoClassifier does)
     if weights is not None:
         from nonlocal_zoo.models import weights as weights_loader
 
