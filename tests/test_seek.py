@@ -140,3 +140,10 @@ def test_bad_requests_name_the_problem(videos, tmp_path):
         SeekReader(videos["bframes.mp4"], backend="ffmpeg")
     with pytest.raises(ValueError, match="Empty frame range"):
         read_frames(videos["bframes.mp4"], 300, 310)
+
+
+def test_one_read_with_gaps_seeks_over_them(videos):
+    with SeekReader(videos["bframes.mp4"]) as reader:  # keyframe every 12 frames
+        got = reader.read([2, 3, 200, 201, 290])
+        assert [decode_code(f) for f in got] == [2, 3, 200, 201, 290]
+        assert reader.seeks == 3 and reader.decoded < 60, (reader.seeks, reader.decoded)  # not the 290 frames

@@ -325,7 +325,7 @@ class _PyAVSeeker:
                 self._floor <= k and int(index.keyframes[j]) <= self._position + 1 and not tries
             if not continuing:
                 self._seek(j)
-            missed = self._decode_until(pending, out, deadline)
+            missed = self._decode_until(pending, out, deadline, skip_gaps=not tries)
             pending = [i for i in pending if i not in out]
             if missed is not None:
                 attempts[missed] = attempts.get(missed, 0) + 1
@@ -335,8 +335,10 @@ class _PyAVSeeker:
                                    f"{index.num_frames} frames did not decode, also when decoding from the start")
         return out
 
-    def _decode_until(self, pending, out, deadline):
-        """Decode forward, keeping the pending frames; stop at the last one. Returns a frame that was skipped."""
+    def _decode_until(self, pending, out, deadline, skip_gaps=True):
+        """Decode forward, keeping the pending frames; stop at the last one, or (`skip_gaps`) where a keyframe lies
+        between the decoder and the next pending frame, for the caller to seek there. Returns a frame that was
+        skipped (did not come out), else None."""
         index = self.index
         wanted = set(pending)
         last = pending[-1]
@@ -361,6 +363,8 @@ class _PyAVSeeker:
                 return first_missing
             if k >= last:
                 break
+            if skip_gaps and int(index.keyframes[index.keyframe_before(first_missing)]) > k + 1:
+                return None  # a keyframe lies between here and the next wanted frame: seeking skips the gap
         self._frames_iter = None  # end of stream
         return next((i for i in pending if i not in out), None)
 
