@@ -281,113 +281,175 @@ def make_dataset(source, *, preset=None, training=False, batch_size=8, split=Non
     """
     import tensorflow as tf
 
+    _check_dataset_arguments(on_error=on_error, batch_size=batch_size, parallelism=parallelism)
+    config = preprocessing.resolve_preprocessing(preset, **overrides)
+    shuffle = training if shuffle is None else shuffle
+    drop_remainder = training if drop_remainder is None else drop_remainder
+    maker = _ClipMaker(config, training=training, normalize=normalize, on_error=on_error,
+                       decode_options={"num_threads": 1, **(decode_options or {})},
+                       report=DecodeReport() if report is None else report)
+    parallel = tf.data.AUTOTUNE if num_parallel_calls is None else num_parallel_calls
+    order = dict(shuffle=shuffle, repeat=repeat, seed=seed, deterministic=deterministic)
+
+    tfds_part = tfds_source(source, split, data_dir)
+    if parallelism == "processes":
+        if tfds_part is not None:
+            raise ValueError("parallelism='processes' reads files; TFDS sources decode in TensorFlow. "
+                             "Received: parallelism='processes' with a TFDS source")
+        clips = resolve_clip_source(source, split=split, class_names=class_names, extensions=extensions)
+        ds, names = _process_elements(clips, maker, num_parallel_calls=num_parallel_calls, **order), clips.class_names
+    elif tfds_part is not None:
+        ds, num_examples, names = tfds_part
+        ds = _tfds_elements(ds, num_examples, maker, shuffle_buffer=shuffle_buffer, parallel=parallel, **order)
+    else:
+        clips = resolve_clip_source(source, split=split, class_names=class_names, extensions=extensions)
+        ds, names = _file_elements(clips, maker, parallel=parallel, **order), clips.class_names
+    return _batched(ds, maker, batch_size=batch_size, drop_remainder=drop_remainder, prefetch=prefetch,
+                    class_names=names)
+
+
+def _check_dataset_arguments(*, on_error, batch_size, parallelism):
+    """Refuses `make_dataset` arguments outside their range, naming the value received."""
     if on_error not in ON_ERROR:
         raise ValueError(f"`on_error` must be one of {ON_ERROR}. Received: on_error={on_error!r}")
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
         raise ValueError(f"`batch_size` must be a positive int or None. Received: batch_size={batch_size!r}")
     if parallelism not in ("threads", "processes"):
         raise ValueError(f"`parallelism` must be 'threads' or 'processes'. Received: parallelism={parallelism!r}")
-    config = preprocessing.resolve_preprocessing(preset, **overrides)
-    shuffle = training if shuffle is None else shuffle
-    drop_remainder = training if drop_remainder is None else drop_remainder
-    decode_options = {"num_threads": 1, **(decode_options or {})}
-    report = DecodeReport() if report is None else report
-    autotune = tf.data.AUTOTUNE
-    parallel = autotune if num_parallel_calls is None else num_parallel_calls
 
-    T = config["num_frames"]
-    size = config["train_crop"] if training else config["test_crop"]
-    raw_float = config["sampling"] == "pyslowfast"
-    out_dtype = np.float32 if (normalize or raw_float) else np.uint8
 
-    def prepare(video, seed_value):
-        return _prepare_clip(video, seed_value, config, training, normalize, decode_options)
+class _ClipMaker:
+    """What every element of one dataset shares: the resolved preprocessing, the mode, the output clip shape and
+    dtype, and the `DecodeReport` that counts the clips of each pass.
 
-    def guarded(video, name, label, seed_value, index):
+    Args:
+        config: resolved preprocessing dict. training: augmented clips or centre views. normalize: float clips.
+        on_error: `"skip"` or `"raise"`. decode_options: dict for the decoder. report: the `DecodeReport` to fill.
+    """
+
+    def __init__(self, config, *, training, normalize, on_error, decode_options, report):
+        self.config = config
+        self.training = training
+        self.normalize = normalize
+        self.on_error = on_error
+        self.decode_options = decode_options
+        self.report = report
+        size = config["train_crop"] if training else config["test_crop"]
+        self.clip_shape = (config["num_frames"], size, size, 3)  # (T, S, S, 3)
+        raw_float = config["sampling"] == "pyslowfast"
+        self.out_dtype = np.float32 if (normalize or raw_float) else np.uint8
+
+    def task_args(self):
+        """The per-dataset arguments a process worker needs after `(path, seed)`."""
+        return (self.config, self.training, self.normalize, self.decode_options, self.out_dtype)
+
+    def guarded(self, video, name, label, seed_value, index):
+        """Prepares one element: `(clip, label, True)`, or a zero clip and False for a skipped clip.
+
+        Args:
+            video: a path or uint8 frames. name: what the report calls it. label: int label.
+            seed_value: the element's random seed. index: its position in the (repeated) stream.
+        """
+        report = self.report
         pass_index = -1 if report.num_per_pass is None else int(index) // report.num_per_pass
-        if on_error == "skip" and report.all_failed():
+        if self.on_error == "skip" and report.all_failed():
             raise RuntimeError(f"Every clip of the last pass failed to decode; last errors: {report.skipped[-3:]}")
         try:
-            clip = prepare(video, seed_value).astype(out_dtype, copy=False)
+            clip = _prepare_clip(video, seed_value, self.config, self.training, self.normalize,
+                                 self.decode_options).astype(self.out_dtype, copy=False)
         except Exception as e:  # a training run never dies on one bad clip
             report.record(pass_index, name, e)
-            if on_error == "raise":
+            if self.on_error == "raise":
                 raise
-            return np.zeros((T, size, size, 3), out_dtype), np.int32(label), False
+            return np.zeros(self.clip_shape, self.out_dtype), np.int32(label), False
         report.record(pass_index, name)
         return clip, np.int32(label), True
 
-    tfds_part = tfds_source(source, split, data_dir)
-    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
-    if parallelism == "processes":
-        if tfds_part is not None:
-            raise ValueError("parallelism='processes' reads files; TFDS sources decode in TensorFlow. "
-                             "Received: parallelism='processes' with a TFDS source")
-        clips = resolve_clip_source(source, split=split, class_names=class_names, extensions=extensions)
-        names = clips.class_names
-        report.num_per_pass = len(clips)
-        workers = num_parallel_calls if isinstance(num_parallel_calls, int) and num_parallel_calls > 0 else None
-        pool = _shared_pool(workers or os.cpu_count() or 1)
-        generate = _process_generator(
-            clips, pool=pool, report=report, shuffle=shuffle, repeat=repeat, seed=seed, deterministic=deterministic,
-            on_error=on_error, task_args=(config, training, normalize, decode_options, out_dtype))
-        ds = tf.data.Dataset.from_generator(generate, output_signature=(
-            tf.TensorSpec((T, size, size, 3), tf.as_dtype(out_dtype)), tf.TensorSpec((), tf.int32)))
-        ds = ds.map(lambda clip, label: (clip, label, True))
-    elif tfds_part is not None:
-        ds, num_examples, names = tfds_part
-        report.num_per_pass = num_examples
-        if shuffle:
-            ds = ds.shuffle(shuffle_buffer or 64, seed=seed, reshuffle_each_iteration=True)
-        if repeat:
-            ds = ds.repeat()
-        ds = tf.data.Dataset.zip((ds, seeds)).enumerate()
 
-        def from_frames(index, element_seed):
-            element, seed_value = element_seed
-            name = element["path"] if "path" in element else tf.strings.as_string(index)
+def _ordered(ds, *, shuffle, shuffle_buffer, repeat, seed):
+    """Shuffles and repeats `ds`, then pairs every element with its index and a seed: `(index, (element, seed))`."""
+    import tensorflow as tf
 
-            def fn(frames, name_bytes, label, s, i):
-                return guarded(frames, name_bytes.decode("utf-8", "replace"), label, s, i)
+    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)  # made first, as it always was
+    if shuffle:
+        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+    return tf.data.Dataset.zip((ds, seeds)).enumerate()
 
-            clip, label, ok = tf.numpy_function(
-                fn, [element["video"], name, tf.cast(element["label"], tf.int64), seed_value, index],
-                [out_dtype, tf.int32, tf.bool], stateful=True)
-            return clip, label, ok
 
-        ds = ds.map(from_frames, num_parallel_calls=parallel, deterministic=deterministic)
-    else:
-        clips = resolve_clip_source(source, split=split, class_names=class_names, extensions=extensions)
-        names = clips.class_names
-        report.num_per_pass = len(clips)
-        ds = tf.data.Dataset.from_tensor_slices((clips.paths, np.asarray(clips.labels, np.int64)))
-        if shuffle:
-            ds = ds.shuffle(len(clips), seed=seed, reshuffle_each_iteration=True)
-        if repeat:
-            ds = ds.repeat()
-        ds = tf.data.Dataset.zip((ds, seeds)).enumerate()
+def _process_elements(clips, maker, *, num_parallel_calls, shuffle, repeat, seed, deterministic):
+    """`(clip, label, ok)` elements of a file source decoded by a shared pool of worker processes."""
+    import tensorflow as tf
 
-        def from_file(index, element_seed):
-            (path, label), seed_value = element_seed
+    maker.report.num_per_pass = len(clips)
+    workers = num_parallel_calls if isinstance(num_parallel_calls, int) and num_parallel_calls > 0 else None
+    pool = _shared_pool(workers or os.cpu_count() or 1)
+    generate = _process_generator(
+        clips, pool=pool, report=maker.report, shuffle=shuffle, repeat=repeat, seed=seed,
+        deterministic=deterministic, on_error=maker.on_error, task_args=maker.task_args())
+    ds = tf.data.Dataset.from_generator(generate, output_signature=(
+        tf.TensorSpec(maker.clip_shape, tf.as_dtype(maker.out_dtype)), tf.TensorSpec((), tf.int32)))
+    return ds.map(lambda clip, label: (clip, label, True))
 
-            def fn(path_bytes, label, s, i):
-                path_str = path_bytes.decode("utf-8")
-                return guarded(path_str, path_str, label, s, i)
 
-            return tf.numpy_function(fn, [path, label, seed_value, index], [out_dtype, tf.int32, tf.bool],
-                                     stateful=True)
+def _tfds_elements(ds, num_examples, maker, *, shuffle_buffer, parallel, shuffle, repeat, seed, deterministic):
+    """`(clip, label, ok)` elements of a TFDS-style dataset of `{"video", "label"}` (frames decoded by TFDS)."""
+    import tensorflow as tf
 
-        ds = ds.map(from_file, num_parallel_calls=parallel, deterministic=deterministic)
+    maker.report.num_per_pass = num_examples
+    ds = _ordered(ds, shuffle=shuffle, shuffle_buffer=shuffle_buffer or 64, repeat=repeat, seed=seed)
+
+    def from_frames(index, element_seed):
+        element, seed_value = element_seed
+        name = element["path"] if "path" in element else tf.strings.as_string(index)
+
+        def fn(frames, name_bytes, label, s, i):
+            return maker.guarded(frames, name_bytes.decode("utf-8", "replace"), label, s, i)
+
+        clip, label, ok = tf.numpy_function(
+            fn, [element["video"], name, tf.cast(element["label"], tf.int64), seed_value, index],
+            [maker.out_dtype, tf.int32, tf.bool], stateful=True)
+        return clip, label, ok
+
+    return ds.map(from_frames, num_parallel_calls=parallel, deterministic=deterministic)
+
+
+def _file_elements(clips, maker, *, parallel, shuffle, repeat, seed, deterministic):
+    """`(clip, label, ok)` elements of a file source decoded in tf.data's thread pool."""
+    import tensorflow as tf
+
+    maker.report.num_per_pass = len(clips)
+    ds = tf.data.Dataset.from_tensor_slices((clips.paths, np.asarray(clips.labels, np.int64)))
+    ds = _ordered(ds, shuffle=shuffle, shuffle_buffer=len(clips), repeat=repeat, seed=seed)
+
+    def from_file(index, element_seed):
+        (path, label), seed_value = element_seed
+
+        def fn(path_bytes, label, s, i):
+            path_str = path_bytes.decode("utf-8")
+            return maker.guarded(path_str, path_str, label, s, i)
+
+        return tf.numpy_function(fn, [path, label, seed_value, index], [maker.out_dtype, tf.int32, tf.bool],
+                                 stateful=True)
+
+    return ds.map(from_file, num_parallel_calls=parallel, deterministic=deterministic)
+
+
+def _batched(ds, maker, *, batch_size, drop_remainder, prefetch, class_names):
+    """Drops skipped clips, fixes the static shapes, batches and prefetches; attaches `decode_report` and
+    `class_names` to the returned dataset."""
+    import tensorflow as tf
 
     ds = ds.filter(lambda clip, label, ok: ok)
-    ds = ds.map(lambda clip, label, ok: (tf.ensure_shape(clip, (T, size, size, 3)), tf.ensure_shape(label, ())))
+    ds = ds.map(lambda clip, label, ok: (tf.ensure_shape(clip, maker.clip_shape), tf.ensure_shape(label, ())))
     if batch_size is not None:
         ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     if prefetch:
-        ds = ds.prefetch(autotune)
+        ds = ds.prefetch(tf.data.AUTOTUNE)
     try:
-        ds.decode_report = report
-        ds.class_names = names
+        ds.decode_report = maker.report
+        ds.class_names = class_names
     except AttributeError:  # pragma: no cover - tf.data objects accept attributes today
         pass
     return ds
