@@ -545,81 +545,118 @@ def _decode(path, *, wanted=None, stop_after=None, max_buffer_bytes=None, backen
     info = _probe(path, deadline, timeout or 3600.0, limit)  # demux only: the frames the container holds
     reader = _READERS[backend](path, timeout=timeout or 3600.0, num_threads=num_threads)
     try:
-        width, height = reader.width or (info.width if info else 0), reader.height or (info.height if info else 0)
-        if width and height:  # pixel cap from the header, before anything is decoded
-            _check_pixels(path, width, height, max_pixels, "from the header")
-        num_frames = info.packets if info is not None and info.packets else reader.header_frames
-        if kept is not None and max_bytes is not None and width and height and num_frames:
-            estimate = int(kept(num_frames)) * width * height * 3
-            if estimate > max_bytes:  # before anything is decoded
-                at_least = "at least " if info is not None and info.packets and not info.complete else ""
-                raise _too_large(
-                    path, estimate, max_bytes,
-                    f"the {int(kept(num_frames))} frames of {width}x{height} RGB requested (the container holds "
-                    f"{at_least}{num_frames} frames; estimated before decoding) would take",
-                )
-        frames = {}
-        times = []
-        buffered = 0
-        shape = None
-        index = 0
-        reached_end = False
-        while stop_after is None or index <= stop_after:
-            keep = frames is not None and (wanted is None or index in wanted)
-            if keep or shape is None:  # always convert the first frame: it gives the true size
-                frame = reader.read()
-                ok = frame is not None
-            else:
-                ok = reader.grab()
-            if not ok:
-                reached_end = True
-                break
-            times.append(reader.timestamp())
-            if shape is None:
-                shape = frame.shape
-                _check_pixels(path, shape[1], shape[0], max_pixels, "of the first decoded frame")
-            elif keep and frame.shape != shape:
-                raise VideoDecodeError(
-                    path, f"frame size changed from {shape[1]}x{shape[0]} to {frame.shape[1]}x{frame.shape[0]} "
-                    f"at frame {index}"
-                )
-            if keep:
-                frames[index] = frame
-                buffered += frame.nbytes
-                if max_bytes is not None and buffered > max_bytes:  # the header understated the video
-                    raise _too_large(path, buffered, max_bytes, f"the first {len(frames)} decoded frames take")
-                if wanted is None and max_buffer_bytes is not None and buffered > max_buffer_bytes:
-                    frames = None  # too long to hold: from here on only count
-            index += 1
-            if deadline is not None and time.monotonic() > deadline:
-                raise VideoDecodeError(
-                    path, f"decoding exceeded the time limit of {timeout} s after {index} frames"
-                )
+        _check_size_before_decoding(path, reader, info, max_pixels=max_pixels, kept=kept, max_bytes=max_bytes)
+        frames, times, index, reached_end = _decode_frames(
+            path, reader, wanted=wanted, stop_after=stop_after, max_buffer_bytes=max_buffer_bytes,
+            max_pixels=max_pixels, max_bytes=max_bytes, deadline=deadline, timeout=timeout)
         errors = reader.errors
     finally:
         reader.close()
-    if index == 0:
+    _check_decoded(path, info, times, index, reached_end, errors, on_damage)
+    return frames, index, reached_end
+
+
+def _check_size_before_decoding(path, reader, info, *, max_pixels, kept, max_bytes):
+    """Refuses, before any frame is decoded, a frame size over `max_pixels` or a read over `max_bytes`.
+
+    Args:
+        path: the video (for the error). reader: the opened `_READERS` reader. info: the `_probe` result or None.
+        max_pixels, kept, max_bytes: as in `_decode`.
+    """
+    width, height = reader.width or (info.width if info else 0), reader.height or (info.height if info else 0)
+    if width and height:  # pixel cap from the header, before anything is decoded
+        _check_pixels(path, width, height, max_pixels, "from the header")
+    num_frames = info.packets if info is not None and info.packets else reader.header_frames
+    if kept is not None and max_bytes is not None and width and height and num_frames:
+        estimate = int(kept(num_frames)) * width * height * 3
+        if estimate > max_bytes:  # before anything is decoded
+            at_least = "at least " if info is not None and info.packets and not info.complete else ""
+            raise _too_large(
+                path, estimate, max_bytes,
+                f"the {int(kept(num_frames))} frames of {width}x{height} RGB requested (the container holds "
+                f"{at_least}{num_frames} frames; estimated before decoding) would take",
+            )
+
+
+def _decode_frames(path, reader, *, wanted, stop_after, max_buffer_bytes, max_pixels, max_bytes, deadline, timeout):
+    """The decoding loop: reads (or only grabs) frames from 0 to `stop_after` or the end of the video.
+
+    Args:
+        path: the video (for errors). reader: the opened reader. deadline: `time.monotonic()` limit or None.
+        wanted, stop_after, max_buffer_bytes, max_pixels, max_bytes, timeout: as in `_decode`.
+
+    Returns:
+        `(frames, times, num_decoded, reached_end)`: `frames` maps index -> uint8 RGB frame (None once over
+        `max_buffer_bytes`), `times` holds the decoder's timestamp of every decoded frame.
+    """
+    frames = {}
+    times = []
+    buffered = 0
+    shape = None
+    index = 0
+    reached_end = False
+    while stop_after is None or index <= stop_after:
+        keep = frames is not None and (wanted is None or index in wanted)
+        if keep or shape is None:  # always convert the first frame: it gives the true size
+            frame = reader.read()
+            ok = frame is not None
+        else:
+            ok = reader.grab()
+        if not ok:
+            reached_end = True
+            break
+        times.append(reader.timestamp())
+        if shape is None:
+            shape = frame.shape
+            _check_pixels(path, shape[1], shape[0], max_pixels, "of the first decoded frame")
+        elif keep and frame.shape != shape:
+            raise VideoDecodeError(
+                path, f"frame size changed from {shape[1]}x{shape[0]} to {frame.shape[1]}x{frame.shape[0]} "
+                f"at frame {index}"
+            )
+        if keep:
+            frames[index] = frame
+            buffered += frame.nbytes
+            if max_bytes is not None and buffered > max_bytes:  # the header understated the video
+                raise _too_large(path, buffered, max_bytes, f"the first {len(frames)} decoded frames take")
+            if wanted is None and max_buffer_bytes is not None and buffered > max_buffer_bytes:
+                frames = None  # too long to hold: from here on only count
+        index += 1
+        if deadline is not None and time.monotonic() > deadline:
+            raise VideoDecodeError(
+                path, f"decoding exceeded the time limit of {timeout} s after {index} frames"
+            )
+    return frames, times, index, reached_end
+
+
+def _check_decoded(path, info, times, count, reached_end, errors, on_damage):
+    """Raises when no frame decoded; raises (`on_damage="raise"`) or warns (`"warn"`) when frames are missing.
+
+    Args:
+        path: the video. info: the `_probe` result or None. times: decoded timestamps. count: frames decoded.
+        reached_end: whether decoding reached the end. errors: packets the decoder rejected. on_damage: as `_decode`.
+    """
+    if count == 0:
         holds = f"; the container holds {info.packets}" if info is not None and info.packets else ""
         raise VideoDecodeError(
             path, f"no decodable video frames (the container opened but 0 frames decoded{holds})",
             decoded_frames=0, container_frames=info.packets if info is not None else None,
         )
-    damage = _find_damage(info, times, index, reached_end, errors)
+    damage = _find_damage(info, times, count, reached_end, errors)
     if damage is not None:
         reason, missing, total = damage
         if on_damage == "raise":
             raise VideoDecodeError(
                 path, reason + "; pass on_damage='warn' to use the decoded frames anyway",
-                decoded_frames=index, container_frames=total, missing_frames=missing,
+                decoded_frames=count, container_frames=total, missing_frames=missing,
             )
         lost = "unknown" if missing is None else _ranges(missing)
         warnings.warn(
-            f"Video '{path}' is damaged: {reason}. Using the {index} decoded frames in decoding order (frame i is "
+            f"Video '{path}' is damaged: {reason}. Using the {count} decoded frames in decoding order (frame i is "
             f"the i-th decoded frame); missing container frames: {lost}.",
             VideoDamageWarning,
-            stacklevel=3,
+            stacklevel=4,  # the caller of read_video (the function that called `_decode`)
         )
-    return frames, index, reached_end
 
 
 def read_video(path, *, frame_indices=None, max_frames=None, backend="opencv", max_pixels=DEFAULT_MAX_PIXELS,
