@@ -69,7 +69,22 @@ def normalize_arch(**arch):
         raise ValueError(f"Unknown architecture arguments {unknown}. Expected some of {list(ARCH_KEYS)}.")
     a = copy.deepcopy(DEFAULT_ARCH)
     a.update(copy.deepcopy(arch))
+    # Each step checks one group of arguments and writes it back normalised (lists of ints, canonical names).
+    _check_stages(a)
+    _check_stem(a)
+    depths = a["stage_depths"]
+    _check_nonlocal_blocks(a, depths)
+    _check_nonlocal_options(a)
+    _check_nonlocal_groups(a, len(depths))
+    if a["normalization"] not in BACKBONE_NORMALIZATIONS:
+        raise ValueError(
+            f"`normalization` must be one of {BACKBONE_NORMALIZATIONS}. Received: normalization={a['normalization']!r}"
+        )
+    return a
 
+
+def _check_stages(a):
+    """Stage depths, widths and strides, stem width, bottleneck expansion and per-block temporal kernels."""
     depths = a["stage_depths"]
     if (
         not isinstance(depths, (list, tuple))
@@ -106,7 +121,9 @@ def normalize_arch(**arch):
         checked.append([int(k) for k in stage])
     a["temporal_kernels"] = checked
 
-    # Stem
+
+def _check_stem(a):
+    """conv1 kernel/strides (odd kernels), pool1 (size, strides, padding below half the size) and pool2."""
     a["conv1_kernel"] = _int_tuple("conv1_kernel", a["conv1_kernel"])
     if any(k % 2 == 0 for k in a["conv1_kernel"]):
         raise ValueError(
@@ -125,11 +142,13 @@ def normalize_arch(**arch):
     a["pool2_size"] = _int_tuple("pool2_size", a["pool2_size"], allow_none=True)
     a["pool2_strides"] = _int_tuple("pool2_strides", a["pool2_strides"], allow_none=True)
 
-    # Non-local
+
+def _check_nonlocal_blocks(a, depths):
+    """`nonlocal_blocks`: one list of distinct block indices per stage, written back sorted."""
     blocks = a["nonlocal_blocks"]
-    if not isinstance(blocks, (list, tuple)) or len(blocks) != num_stages:
+    if not isinstance(blocks, (list, tuple)) or len(blocks) != len(depths):
         raise ValueError(
-            f"`nonlocal_blocks` must hold one list of block indices per stage ({num_stages}). "
+            f"`nonlocal_blocks` must hold one list of block indices per stage ({len(depths)}). "
             f"Received: nonlocal_blocks={blocks!r}"
         )
     checked = []
@@ -141,10 +160,15 @@ def normalize_arch(**arch):
         ):
             raise ValueError(
                 f"`nonlocal_blocks[{s}]` must list distinct block indices in [0, {depth}) of "
-                f"{stage_names(num_stages)[s]}. Received: nonlocal_blocks={blocks!r}"
+                f"{stage_names(len(depths))[s]}. Received: nonlocal_blocks={blocks!r}"
             )
         checked.append(sorted(int(i) for i in stage))
     a["nonlocal_blocks"] = checked
+
+
+def _check_nonlocal_options(a):
+    """The non-local flavour: mode (aliases resolved), key compression, pool position, scale/bias flags and the
+    normalization of its output."""
     if a["nonlocal_mode"] not in MODE_ALIASES:
         raise ValueError(
             f"`nonlocal_mode` must be one of {sorted(MODE_ALIASES)}. Received: nonlocal_mode={a['nonlocal_mode']!r}"
@@ -178,6 +202,10 @@ def normalize_arch(**arch):
             f"`nonlocal_normalization` must be one of {NORMALIZATIONS}. "
             f"Received: nonlocal_normalization={a['nonlocal_normalization']!r}"
         )
+
+
+def _check_nonlocal_groups(a, num_stages):
+    """Per-stage temporal group sizes (positive int or None) and the weight-neutral `nonlocal_chunk_size`."""
     groups = a["nonlocal_temporal_group_sizes"]
     if (
         not isinstance(groups, (list, tuple))
@@ -194,11 +222,6 @@ def normalize_arch(**arch):
         raise ValueError(
             f"`nonlocal_chunk_size` must be a positive int or None. Received: nonlocal_chunk_size={chunk!r}"
         )
-    if a["normalization"] not in BACKBONE_NORMALIZATIONS:
-        raise ValueError(
-            f"`normalization` must be one of {BACKBONE_NORMALIZATIONS}. Received: normalization={a['normalization']!r}"
-        )
-    return a
 
 
 def _out_size(size, kernel, stride, pad):
