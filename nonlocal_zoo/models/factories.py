@@ -26,6 +26,8 @@ def preset_of(model):
 
 
 def _check_weights(name, preset, weights):
+    """Refuses a `weights` argument that is not None, 'kinetics400' (for a preset with published weights), an
+    existing file or an 'hf://' handle."""
     if weights is None:
         return
     if not isinstance(weights, (str, os.PathLike)):
@@ -47,6 +49,53 @@ def _check_weights(name, preset, weights):
             "`weights` must be None, 'kinetics400', the path to an existing weights file or an 'hf://' handle. "
             f"Received: weights={weights!r}"
         )
+
+
+def _preset_arch(name, preset, overrides, weights):
+    """The preset's normalised arch with `overrides` applied; refuses overrides that change the architecture (any
+    key but the weight-neutral ones) when `weights` are to be loaded."""
+    arch = normalize_arch(**preset["arch"])
+    if overrides:
+        overridden = normalize_arch(**{**preset["arch"], **overrides})
+        changed = sorted(k for k in overrides if overridden[k] != arch[k] and k not in WEIGHT_NEUTRAL_KEYS)
+        if changed and weights is not None:
+            raise ValueError(
+                f"The overrides {changed} change the architecture of preset {name!r}, so its weights cannot be "
+                f"loaded. Use weights=None, or a preset with that architecture. "
+                f"Received: {', '.join(f'{k}={overrides[k]!r}' for k in changed)}"
+            )
+        arch = overridden
+    return arch
+
+
+def _check_head_arguments(preset, *, weights, include_top, classes, classifier_activation, pooling,
+                          fully_convolutional):
+    """Checks the head arguments of `create_model` against each other and the weights; returns `classes` (the
+    preset's class count when None)."""
+    if not isinstance(include_top, bool):
+        raise ValueError(f"`include_top` must be True or False. Received: include_top={include_top!r}")
+    if classes is None:
+        classes = num_classes(preset)  # 400 for the Kinetics-400 presets
+    elif isinstance(classes, bool) or not isinstance(classes, int) or classes < 1:
+        raise ValueError(f"`classes` must be a positive integer. Received: classes={classes!r}")
+    if weights == PRETRAINED_WEIGHTS and include_top and classes != KINETICS400_CLASSES:
+        raise ValueError(
+            f"With weights='{PRETRAINED_WEIGHTS}' and `include_top=True`, `classes` must be {KINETICS400_CLASSES}. "
+            "To fine-tune on other classes use include_top=False and `add_classifier_head`. "
+            f"Received: classes={classes}"
+        )
+    if weights is not None and include_top and classifier_activation not in ACTIVATIONS_WITH_WEIGHTS:
+        raise ValueError(
+            "With pretrained `weights`, `classifier_activation` must be None or 'softmax'. "
+            f"Received: classifier_activation={classifier_activation!r}"
+        )
+    if pooling not in POOLINGS:
+        raise ValueError(f"`pooling` must be one of {POOLINGS}. Received: pooling={pooling!r}")
+    if fully_convolutional and not include_top:
+        raise ValueError(
+            "`fully_convolutional=True` is a head option and needs include_top=True. Received: include_top=False"
+        )
+    return classes
 
 
 def create_model(
@@ -108,40 +157,10 @@ def create_model(
             "`format` names the format of a local checkpoint file given as `weights`. "
             f"Received: format={format!r}, weights={weights!r}"
         )
-    arch = normalize_arch(**preset["arch"])
-    if overrides:
-        overridden = normalize_arch(**{**preset["arch"], **overrides})
-        changed = sorted(k for k in overrides if overridden[k] != arch[k] and k not in WEIGHT_NEUTRAL_KEYS)
-        if changed and weights is not None:
-            raise ValueError(
-                f"The overrides {changed} change the architecture of preset {name!r}, so its weights cannot be "
-                f"loaded. Use weights=None, or a preset with that architecture. "
-                f"Received: {', '.join(f'{k}={overrides[k]!r}' for k in changed)}"
-            )
-        arch = overridden
-    if not isinstance(include_top, bool):
-        raise ValueError(f"`include_top` must be True or False. Received: include_top={include_top!r}")
-    if classes is None:
-        classes = num_classes(preset)  # 400 for the Kinetics-400 presets
-    elif isinstance(classes, bool) or not isinstance(classes, int) or classes < 1:
-        raise ValueError(f"`classes` must be a positive integer. Received: classes={classes!r}")
-    if weights == PRETRAINED_WEIGHTS and include_top and classes != KINETICS400_CLASSES:
-        raise ValueError(
-            f"With weights='{PRETRAINED_WEIGHTS}' and `include_top=True`, `classes` must be {KINETICS400_CLASSES}. "
-            "To fine-tune on other classes use include_top=False and `add_classifier_head`. "
-            f"Received: classes={classes}"
-        )
-    if weights is not None and include_top and classifier_activation not in ACTIVATIONS_WITH_WEIGHTS:
-        raise ValueError(
-            "With pretrained `weights`, `classifier_activation` must be None or 'softmax'. "
-            f"Received: classifier_activation={classifier_activation!r}"
-        )
-    if pooling not in POOLINGS:
-        raise ValueError(f"`pooling` must be one of {POOLINGS}. Received: pooling={pooling!r}")
-    if fully_convolutional and not include_top:
-        raise ValueError(
-            "`fully_convolutional=True` is a head option and needs include_top=True. Received: include_top=False"
-        )
+    arch = _preset_arch(name, preset, overrides, weights)
+    classes = _check_head_arguments(preset, weights=weights, include_top=include_top, classes=classes,
+                                    classifier_activation=classifier_activation, pooling=pooling,
+                                    fully_convolutional=fully_convolutional)
 
     frames = preset["preprocessing"]["num_frames"]
     default_shape = (frames, None, None, 3) if fully_convolutional else (frames, 224, 224, 3)
