@@ -211,6 +211,7 @@ def _macs_text(macs, *, total=False):
 
 
 def _front_matter(licence, *, kinetics=True):
+    """The YAML front matter lines of a Hugging Face card (library, pipeline, licence, tags)."""
     front = ["---", "library_name: keras", "pipeline_tag: video-classification"]
     if hub_license(licence):
         front.append(f"license: {hub_license(licence)}")
@@ -221,6 +222,8 @@ def _front_matter(licence, *, kinetics=True):
 
 
 def _usage(preset_name, preset, repo_id):
+    """The lines of the card's usage snippet: `VideoClassifier.from_preset` (from `hf://repo_id` when given), or
+    `create_model` + the test views for a registry preset."""
     pre, internal = preset["preprocessing"], preset["metadata"]["internal"]
     if internal or repo_id:
         source = f"hf://{repo_id}" if repo_id else preset_name
@@ -267,31 +270,72 @@ def model_card(preset_name, parity=None, *, repo_id=None):
     from nonlocal_zoo.version import __version__
 
     preset = get_preset(preset_name)
-    info = model_info(preset_name)
-    arch, pre, meta, weights = preset["arch"], preset["preprocessing"], preset["metadata"], preset["weights"]
-    licence, kinetics = preset["licence"], preset["labels"] == "kinetics400"
-    scaled = "x" if pre["scale"] == 255 else f"x / 255 * {pre['scale']:g}"
-
-    depth = sum(arch["stage_depths"]) * 3 + 2
-    temporal = "I3D" if arch["conv1_kernel"][0] > 1 else "C2D"
-    blocks = info["nonlocal_blocks"]
-    nl = (f"{len(blocks)} non-local blocks ({arch['nonlocal_mode']}, pooling {arch['nonlocal_pool_position']}, "
-          f"compression {arch['nonlocal_compression']}): {', '.join(blocks)}") if blocks else "no non-local blocks"
-    params = info["params"]
-    mean = ", ".join(f"{m:g}" for m in pre["mean"])
-    std = ", ".join(f"{s:g}" for s in pre["std"])
-    top = "not published" if meta["top1"] is None else f"top-1 {_fmt_acc(meta['top1'])} %"
-    if meta["top5"] is not None:
-        top += f", top-5 {_fmt_acc(meta['top5'])} %"
-    classes = ("the 400 Kinetics-400 classes" if kinetics else
-               f"{len(preset['labels'])} classes: {', '.join(preset['labels'])}")
-    lines = _front_matter(licence, kinetics=kinetics) + [
+    meta, kinetics = preset["metadata"], preset["labels"] == "kinetics400"
+    lines = _front_matter(preset["licence"], kinetics=kinetics) + [
         "",
         f"# {preset_name}",
         "",
         f"{meta['description']}. Keras 3 model of nonlocal_zoo {__version__} (Non-local Neural Networks, Wang et al., "
         "CVPR 2018).",
         "",
+        *_card_architecture(preset, model_info(preset_name)),
+        "",
+        "## Source checkpoint",
+        "",
+        *_card_source(preset["weights"]),
+        "",
+        *_card_licence(preset),
+        "",
+        *_card_preprocessing(preset_name, preset["preprocessing"]),
+        "",
+        *_card_accuracy(preset),
+        "",
+        "## Parity",
+        "",
+        parity_summary(preset_name, parity),
+        "",
+        "## Usage",
+        "",
+        "```python",
+        *_usage(preset_name, preset, repo_id),
+        "```",
+        "",
+        *_CITATION,
+        "",
+    ]
+    return "\n".join(lines)
+
+
+_CITATION = [
+    "## Citation",
+    "",
+    "```bibtex",
+    "@inproceedings{wang2018nonlocal,",
+    "  title={Non-local Neural Networks},",
+    "  author={Wang, Xiaolong and Girshick, Ross and Gupta, Abhinav and He, Kaiming},",
+    "  booktitle={CVPR},",
+    "  year={2018}",
+    "}",
+    "```",
+]
+
+
+def _card_architecture(preset, info):
+    """The card's "Architecture" section: network, stem, head, parameters and compute.
+
+    Args:
+        preset: the registry entry. info: its `nonlocal_zoo.models.flops.model_info` (params, MACs, block names).
+    """
+    arch, pre = preset["arch"], preset["preprocessing"]
+    depth = sum(arch["stage_depths"]) * 3 + 2
+    temporal = "I3D" if arch["conv1_kernel"][0] > 1 else "C2D"
+    blocks = info["nonlocal_blocks"]
+    nl = (f"{len(blocks)} non-local blocks ({arch['nonlocal_mode']}, pooling {arch['nonlocal_pool_position']}, "
+          f"compression {arch['nonlocal_compression']}): {', '.join(blocks)}") if blocks else "no non-local blocks"
+    params = info["params"]
+    classes = ("the 400 Kinetics-400 classes" if preset["labels"] == "kinetics400" else
+               f"{len(preset['labels'])} classes: {', '.join(preset['labels'])}")
+    return [
         "## Architecture",
         "",
         f"- {temporal} ResNet-{depth}, {nl}.",
@@ -304,43 +348,43 @@ def model_card(preset_name, parity=None, *, repo_id=None):
         f"{pre['train_crop']} clip; {_macs_text(info['macs_test_view'])} per {pre['test_crop']}x"
         f"{pre['test_crop']} test view; {_macs_text(info['macs_test_total'], total=True)} for the "
         f"{info['test_views']} views.",
-        "",
-        "## Source checkpoint",
-        "",
     ]
+
+
+def _card_source(weights):
+    """The body of the card's "Source checkpoint" section for a preset's `weights` entry (None: architecture only)."""
     if weights is None:
-        lines.append("None: architecture only (no published weights). Load with `weights=None`.")
-    elif weights.get("package_file"):
-        lines.append(f"- File: `{weights['file_name']}`, shipped inside the nonlocal_zoo package (sha256 "
-                     f"`{weights['sha256']}`), trained here (`scripts/train_demo_model.py`).")
-    else:
-        hashes = ", ".join(f"{k} `{weights[k]}`" for k in ("sha256", "sha256_prefix", "sha1", "sha1_prefix")
-                           if weights.get(k))
-        lines += [
-            f"- File: [`{weights['file_name']}`]({weights['url']}) ({weights['format']}, from "
-            f"[{weights['source']}](https://github.com/{weights['source']})){'; ' + hashes if hashes else ''}.",
-            "- Converted on the user's machine from the upstream file (`weights=\"kinetics400\"`); the converted "
-            "weights carry the upstream licence.",
-        ]
-    views = f"{pre['test_num_clips']}x{pre['test_num_crops']} views"
-    if meta["top1"] is not None:
-        accuracy = [
-            "## Published accuracy (Kinetics-400 validation)",
-            "",
-            f"{top} ({views}, as reported by {meta['source']}). "
-            "Numbers are the source's; they were not re-measured here (the dataset is not redistributable).",
-        ]
-    elif kinetics:
-        accuracy = ["## Published accuracy (Kinetics-400 validation)", "", "Not published (architecture only)."]
-    else:
-        accuracy = ["## Accuracy", "", "No Kinetics-400 accuracy (not a Kinetics-400 model); see the description."]
-    lines += [
-        "",
+        return ["None: architecture only (no published weights). Load with `weights=None`."]
+    if weights.get("package_file"):
+        return [f"- File: `{weights['file_name']}`, shipped inside the nonlocal_zoo package (sha256 "
+                f"`{weights['sha256']}`), trained here (`scripts/train_demo_model.py`)."]
+    hashes = ", ".join(f"{k} `{weights[k]}`" for k in ("sha256", "sha256_prefix", "sha1", "sha1_prefix")
+                       if weights.get(k))
+    return [
+        f"- File: [`{weights['file_name']}`]({weights['url']}) ({weights['format']}, from "
+        f"[{weights['source']}](https://github.com/{weights['source']})){'; ' + hashes if hashes else ''}.",
+        "- Converted on the user's machine from the upstream file (`weights=\"kinetics400\"`); the converted "
+        "weights carry the upstream licence.",
+    ]
+
+
+def _card_licence(preset):
+    """The card's "Licence" section: the weights' licence (from the registry) and the code's."""
+    licence, source = preset["licence"], preset["metadata"]["source"]
+    return [
         "## Licence",
         "",
-        (f"Weights: {licence} (from {meta['source']}). nonlocal_zoo code: Apache-2.0." if licence else
+        (f"Weights: {licence} (from {source}). nonlocal_zoo code: Apache-2.0." if licence else
          "No weights. nonlocal_zoo code: Apache-2.0."),
-        "",
+    ]
+
+
+def _card_preprocessing(preset_name, pre):
+    """The card's "Clip protocol and preprocessing" section: sampling, normalisation, train and test views."""
+    scaled = "x" if pre["scale"] == 255 else f"x / 255 * {pre['scale']:g}"
+    mean = ", ".join(f"{m:g}" for m in pre["mean"])
+    std = ", ".join(f"{s:g}" for s in pre["std"])
+    return [
         "## Clip protocol and preprocessing",
         "",
         f"- Clips: {pre['num_frames']} RGB frames every {pre['sampling_rate']} frames ({pre['sampling']} sampling).",
@@ -351,32 +395,26 @@ def model_card(preset_name, parity=None, *, repo_id=None):
         f"- Testing: short side {pre['test_short_side']}, {pre['test_num_clips']} clips x {pre['test_num_crops']} "
         f"crops of {pre['test_crop']}, {pre['test_aggregation']} averaged over the views"
         + (", fully-convolutional head (per-location softmax averaged)." if pre["test_fully_convolutional"] else "."),
-        "",
-        *accuracy,
-        "",
-        "## Parity",
-        "",
-        parity_summary(preset_name, parity),
-        "",
-        "## Usage",
-        "",
-        "```python",
-        *_usage(preset_name, preset, repo_id),
-        "```",
-        "",
-        "## Citation",
-        "",
-        "```bibtex",
-        "@inproceedings{wang2018nonlocal,",
-        "  title={Non-local Neural Networks},",
-        "  author={Wang, Xiaolong and Girshick, Ross and Gupta, Abhinav and He, Kaiming},",
-        "  booktitle={CVPR},",
-        "  year={2018}",
-        "}",
-        "```",
-        "",
     ]
-    return "\n".join(lines)
+
+
+def _card_accuracy(preset):
+    """The card's accuracy section: the source's published Kinetics-400 numbers, or why there are none."""
+    meta, pre = preset["metadata"], preset["preprocessing"]
+    if meta["top1"] is not None:
+        top = f"top-1 {_fmt_acc(meta['top1'])} %"
+        if meta["top5"] is not None:
+            top += f", top-5 {_fmt_acc(meta['top5'])} %"
+        views = f"{pre['test_num_clips']}x{pre['test_num_crops']} views"
+        return [
+            "## Published accuracy (Kinetics-400 validation)",
+            "",
+            f"{top} ({views}, as reported by {meta['source']}). "
+            "Numbers are the source's; they were not re-measured here (the dataset is not redistributable).",
+        ]
+    if preset["labels"] == "kinetics400":
+        return ["## Published accuracy (Kinetics-400 validation)", "", "Not published (architecture only)."]
+    return ["## Accuracy", "", "No Kinetics-400 accuracy (not a Kinetics-400 model); see the description."]
 
 
 def render_card(preset=None, *, model_name=None, repo_id=None, parity=None, labels=None, licence=None):
