@@ -695,7 +695,50 @@ def _no_space_message(path, url, error, received, total):
 
 
 def _stream(url, part, *, timeout, progress, desc, clock, allow_resume=True, blind_resume=False):
-    """One transfer into `part`; returns True when it appended to bytes of an earlier transfer."""
+    """One transfer into `part`; returns True when it appended to bytes of an earlier transfer.
+
+    Steps: decide whether the partial file may be resumed (`_resume_request`), request (`_get`), check the status,
+    reconcile a 206 answer with the partial file (`_reconcile_partial`), check the free space (`_check_space`),
+    record the remote file's validator, then append the body (`_write_body`).
+    """
+    meta, offset, headers = _resume_request(url, part, allow_resume=allow_resume, blind_resume=blind_resume)
+    response = _get(url, headers, timeout=timeout, clock=clock)
+
+    def restart(why):
+        logger.info("Not resuming %s: %s; downloading it whole.", url, why)
+        _remove(part, _part_meta(part))
+        return _stream(url, part, timeout=timeout, progress=progress, desc=desc, clock=clock, allow_resume=False)
+
+    with response:
+        status = response.status_code
+        if status == 416 and offset:
+            # Range not satisfiable: the partial is not a prefix of the current remote file. Start over.
+            return restart("the server answered 416 (range not satisfiable)")
+        _check_status(url, response)
+        total = _content_length(response)
+        validator = _response_validator(response)
+        if status == 206:
+            problem, offset, total = _reconcile_partial(response, part, meta, offset, total, validator)
+            if problem is not None:
+                return restart(problem)
+        else:
+            if offset:
+                logger.info("Server ignored the Range request for %s; downloading the whole file again.", url)
+            offset = 0
+        _check_space(url, part, None if total is None else total - offset, status)
+        if status == 200:
+            _write_json(_part_meta(part), {"url": url, "validator": validator, "size": total,
+                                           "content_type": response.headers.get("Content-Type")}, url=url)
+        received = _write_body(url, part, response, offset=offset, total=total, clock=clock, progress=progress,
+                               desc=desc)
+        if total is not None and received != total:
+            raise _Transient(f"truncated transfer: received {received} of {total} bytes")
+        return offset > 0
+
+
+def _resume_request(url, part, *, allow_resume, blind_resume):
+    """`(part_meta, offset, headers)`: the recorded metadata of `part`, the byte offset to resume from (0: whole
+    file) and the request headers (`Range` and `If-Range` when resuming)."""
     meta = _read_json(_part_meta(part)) or {}
     # Resume only when a splice of two remote versions would be caught: by If-Range (a validator was recorded) or
     # by a pinned hash. Otherwise the partial file is overwritten.
@@ -708,10 +751,16 @@ def _stream(url, part, *, timeout, progress, desc, clock, allow_resume=True, bli
         # If the remote file changed since the partial was written, If-Range makes the server send it whole.
         if meta.get("validator"):
             headers["If-Range"] = meta["validator"]
+    return meta, offset, headers
+
+
+def _get(url, headers, *, timeout, clock):
+    """The streamed response of `url`; connection failures are `_Transient` (or `_DeadlineExceeded` once the
+    deadline passed), other request errors a `DownloadError`."""
     if clock.expired():
         raise _DeadlineExceeded("no time left before the request")
     try:
-        response = _request(url, headers, timeout=timeout, clock=clock)
+        return _request(url, headers, timeout=timeout, clock=clock)
     except (requests.ConnectionError, requests.Timeout) as error:
         if clock.expired():
             raise _DeadlineExceeded(f"connection: {error}") from None
@@ -719,102 +768,104 @@ def _stream(url, part, *, timeout, progress, desc, clock, allow_resume=True, bli
     except requests.RequestException as error:
         raise DownloadError(f"Could not request {url}: {error}", url=url) from error
 
-    def restart(why):
-        logger.info("Not resuming %s: %s; downloading it whole.", url, why)
-        _remove(part, _part_meta(part))
-        return _stream(url, part, timeout=timeout, progress=progress, desc=desc, clock=clock, allow_resume=False)
 
-    with response:
-        status = response.status_code
-        if status == 416 and offset:
-            # Range not satisfiable: the partial is not a prefix of the current remote file. Start over.
-            return restart("the server answered 416 (range not satisfiable)")
-        if status in _RETRY_STATUS:
-            raise _Transient(f"HTTP {status} {response.reason}", status=status)
-        if status >= 400:
-            raise DownloadError(f"HTTP {status} {response.reason} while downloading {url}", url=url, status=status)
-        if status not in (200, 206):
-            raise DownloadError(
-                f"Unexpected HTTP {status} {response.reason} while downloading {url}", url=url, status=status
-            )
+def _check_status(url, response):
+    """Retryable statuses raise `_Transient`; other errors and anything but 200/206 a `DownloadError`."""
+    status = response.status_code
+    if status in _RETRY_STATUS:
+        raise _Transient(f"HTTP {status} {response.reason}", status=status)
+    if status >= 400:
+        raise DownloadError(f"HTTP {status} {response.reason} while downloading {url}", url=url, status=status)
+    if status not in (200, 206):
+        raise DownloadError(
+            f"Unexpected HTTP {status} {response.reason} while downloading {url}", url=url, status=status
+        )
 
-        total = _content_length(response)
-        validator = _response_validator(response)
-        if status == 206:
-            start, full = _content_range(response.headers.get("Content-Range"))
-            if not offset or start is None or start > offset:
-                return restart(f"unusable partial answer (Content-Range {response.headers.get('Content-Range')!r})")
-            if meta.get("validator") and validator and validator != meta["validator"]:
-                return restart(f"the file changed (validator {validator} instead of {meta['validator']})")
-            if meta.get("size") is not None and full is not None and full != meta["size"]:
-                return restart(f"the file changed (now {full} bytes, was {meta['size']})")
-            if start < offset:
-                # A server may send a larger range than asked for; keep our prefix up to where it starts.
-                with open(part, "r+b") as f:
-                    f.truncate(start)
-                offset = start
-            total = full if full is not None else (None if total is None else start + total)
-        else:
-            if offset:
-                logger.info("Server ignored the Range request for %s; downloading the whole file again.", url)
-            offset = 0
-        needed = None if total is None else total - offset
-        if needed is not None:
-            usage = shutil.disk_usage(part.parent)
-            reusable = part.stat().st_size if (part.exists() and status == 200) else 0
-            if usage.free + reusable < needed + _SPACE_MARGIN:
-                raise DiskFullError(
-                    f"Not enough free space to download {url}: it needs {needed} bytes (Content-Length) and "
-                    f"{part.parent} has {usage.free} bytes free. Nothing was written to {part}. Free some space, or "
-                    f"set {ENV_HOME} to a folder on another disk.",
-                    url=url,
-                    path=part,
-                )
-        if status == 200:
-            _write_json(_part_meta(part), {"url": url, "validator": validator, "size": total,
-                                           "content_type": response.headers.get("Content-Type")}, url=url)
 
-        # We compare the byte count with Content-Length ourselves. urllib3's own check raises inside a read and
-        # drops the bytes of that read, which would lose up to a chunk from the partial file we want to resume.
-        raw = response.raw
-        if hasattr(raw, "enforce_content_length"):
-            raw.enforce_content_length = False
-        received = offset
-        try:
-            f = open(part, "ab" if offset else "wb")
-        except OSError as error:
-            if error.errno in _NO_SPACE:
-                _remove(part, _part_meta(part))
-                raise DiskFullError(_no_space_message(part, url, error, received, total), url=url, path=part) from None
-            raise
-        try:
-            with f, tqdm(total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024, desc=desc,
-                         disable=not progress) as bar:
-                while True:
-                    if clock.expired():
-                        raise _DeadlineExceeded(f"received {received} of {total or 'an unknown number of'} bytes")
-                    try:
-                        # read1: returns what one socket read brought, so a trickle cannot hold us past the deadline.
-                        chunk = raw.read1(_STREAM_CHUNK_BYTES, decode_content=True)
-                    except (urllib3.exceptions.HTTPError, requests.RequestException, OSError) as error:
-                        if clock.expired():
-                            raise _DeadlineExceeded(f"received {received} bytes; {error}") from None
-                        raise _Transient(f"transfer interrupted after {received} bytes ({error})") from error
-                    if not chunk:
-                        break
-                    f.write(chunk)
-                    received += len(chunk)
-                    bar.update(len(chunk))
-                f.flush()
-                os.fsync(f.fileno())
-        except OSError as error:
-            if error.errno not in _NO_SPACE:
-                raise
+def _reconcile_partial(response, part, meta, offset, total, validator):
+    """Checks a 206 answer against the partial file. Returns `(problem, offset, total)`: `problem` is why the
+    partial cannot be resumed (None when it can); `offset` may move back when the server sent more than asked for,
+    and `total` becomes the full size of the remote file.
+
+    Args:
+        response: the 206 response. part: the partial file. meta: its recorded metadata. offset: its size.
+        total: the response's Content-Length (or None). validator: the response's ETag / Last-Modified.
+    """
+    start, full = _content_range(response.headers.get("Content-Range"))
+    if not offset or start is None or start > offset:
+        return f"unusable partial answer (Content-Range {response.headers.get('Content-Range')!r})", offset, total
+    if meta.get("validator") and validator and validator != meta["validator"]:
+        return f"the file changed (validator {validator} instead of {meta['validator']})", offset, total
+    if meta.get("size") is not None and full is not None and full != meta["size"]:
+        return f"the file changed (now {full} bytes, was {meta['size']})", offset, total
+    if start < offset:
+        # A server may send a larger range than asked for; keep our prefix up to where it starts.
+        with open(part, "r+b") as f:
+            f.truncate(start)
+        offset = start
+    total = full if full is not None else (None if total is None else start + total)
+    return None, offset, total
+
+
+def _check_space(url, part, needed, status):
+    """Raises `DiskFullError` before writing when the disk of `part` lacks `needed` bytes (None: unknown size)."""
+    if needed is None:
+        return
+    usage = shutil.disk_usage(part.parent)
+    reusable = part.stat().st_size if (part.exists() and status == 200) else 0
+    if usage.free + reusable < needed + _SPACE_MARGIN:
+        raise DiskFullError(
+            f"Not enough free space to download {url}: it needs {needed} bytes (Content-Length) and "
+            f"{part.parent} has {usage.free} bytes free. Nothing was written to {part}. Free some space, or "
+            f"set {ENV_HOME} to a folder on another disk.",
+            url=url,
+            path=part,
+        )
+
+
+def _write_body(url, part, response, *, offset, total, clock, progress, desc):
+    """Appends the response body to `part` (written anew when `offset` is 0), fsynced; returns the bytes `part`
+    then holds. A full disk deletes the partial file and raises `DiskFullError`; an interrupted read is
+    `_Transient` (the partial file is kept for resume)."""
+    # We compare the byte count with Content-Length ourselves. urllib3's own check raises inside a read and
+    # drops the bytes of that read, which would lose up to a chunk from the partial file we want to resume.
+    raw = response.raw
+    if hasattr(raw, "enforce_content_length"):
+        raw.enforce_content_length = False
+    received = offset
+    try:
+        f = open(part, "ab" if offset else "wb")
+    except OSError as error:
+        if error.errno in _NO_SPACE:
             _remove(part, _part_meta(part))
             raise DiskFullError(_no_space_message(part, url, error, received, total), url=url, path=part) from None
-        if total is not None and received != total:
-            raise _Transient(f"truncated transfer: received {received} of {total} bytes")
-        return offset > 0
+        raise
+    try:
+        with f, tqdm(total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024, desc=desc,
+                     disable=not progress) as bar:
+            while True:
+                if clock.expired():
+                    raise _DeadlineExceeded(f"received {received} of {total or 'an unknown number of'} bytes")
+                try:
+                    # read1: returns what one socket read brought, so a trickle cannot hold us past the deadline.
+                    chunk = raw.read1(_STREAM_CHUNK_BYTES, decode_content=True)
+                except (urllib3.exceptions.HTTPError, requests.RequestException, OSError) as error:
+                    if clock.expired():
+                        raise _DeadlineExceeded(f"received {received} bytes; {error}") from None
+                    raise _Transient(f"transfer interrupted after {received} bytes ({error})") from error
+                if not chunk:
+                    break
+                f.write(chunk)
+                received += len(chunk)
+                bar.update(len(chunk))
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as error:
+        if error.errno not in _NO_SPACE:
+            raise
+        _remove(part, _part_meta(part))
+        raise DiskFullError(_no_space_message(part, url, error, received, total), url=url, path=part) from None
+    return received
 
 
 def _content_length(response):
