@@ -109,19 +109,11 @@ def render_clip(label, *, num_frames=8, size=64, seed=0):
         >>> clip.shape
         (8, 64, 64, 3)
     """
-    if isinstance(label, str):
-        if label not in CLASSES:
-            raise ValueError(f"Unknown synthetic class. Expected one of {CLASSES}. Received: label={label!r}")
-        index = CLASSES.index(label)
-    else:
-        index = int(label)
-        if not 0 <= index < len(CLASSES) or isinstance(label, bool):
-            raise ValueError(f"`label` must be in [0, {len(CLASSES) - 1}] or a class name. Received: label={label!r}")
+    name = CLASSES[_class_index(label)]
     num_frames = _check_positive_int("num_frames", num_frames, 2)
     size = _check_positive_int("size", size, 32)
     rng = np.random.default_rng(seed)
-    name = CLASSES[index]
-    canvas = _background(rng, size, num_frames)
+    canvas = _background(rng, size, num_frames)  # float32 (T, size, size, 3)
     if rng.uniform() < 0.5:  # a static distractor that carries no information about the class
         distractor = (SHAPES[rng.integers(len(SHAPES))], (rng.uniform(4, size - 4), rng.uniform(4, size - 4)),
                       rng.uniform(3.0, 6.0) * size / 64.0, _colour(rng, 0.6), rng.uniform(0.0, math.pi))
@@ -129,82 +121,138 @@ def render_clip(label, *, num_frames=8, size=64, seed=0):
             _draw_shape(frame, *distractor)
     shape = SHAPES[rng.integers(len(SHAPES))]
     colour = _colour(rng)
-    s = size / 64.0  # all geometry below is written for 64x64 frames and scaled
-    t = np.arange(num_frames, dtype=np.float64) / (num_frames - 1)  # 0..1 over the clip
-    frames = []
-
-    if name in ("moving_left", "moving_right"):
-        radius = rng.uniform(5.0, 8.0) * s
-        travel = rng.uniform(0.4, 0.6) * size  # fast: 3.5-5.5 px per frame at 64 px and 8 frames
-        start = rng.uniform(radius + 2, size - radius - 2 - travel)
-        y = rng.uniform(radius + 2, size - radius - 2)
-        xs = start + travel * t
-        frames = _forward_or_reversed(lambda k: dict(centre=(xs[k], y), radius=radius), name == "moving_left",
-                                      num_frames)
-    elif name in ("rotating_clockwise", "rotating_counterclockwise"):
-        length = rng.uniform(16.0, 24.0) * s
-        centre = (rng.uniform(length + 3, size - length - 3), rng.uniform(length + 3, size - length - 3))
-        step = math.radians(rng.uniform(12.0, 24.0))
-        start = rng.uniform(0.0, 2.0 * math.pi)
-        sign = 1.0 if name == "rotating_clockwise" else -1.0  # y points down: a growing angle turns clockwise
-        width = max(2.0, rng.uniform(3.0, 4.5) * s)
-        for k in range(num_frames):
-            _draw_hand(canvas[k], centre, length, start + sign * step * k, colour, width)
-        return np.clip(canvas, 0, 255).astype(np.uint8)
-    elif name in ("approaching", "receding"):
-        small, large = rng.uniform(3.0, 5.0) * s, rng.uniform(13.0, 18.0) * s
-        centre = (rng.uniform(large + 2, size - large - 2), rng.uniform(large + 2, size - large - 2))
-        radii = small * (large / small) ** t  # constant relative growth per frame, like a steady approach
-        angle = rng.uniform(0.0, 2.0 * math.pi)
-        frames = _forward_or_reversed(lambda k: dict(centre=centre, radius=radii[k], angle=angle), name == "receding",
-                                      num_frames)
-    elif name in ("meeting", "separating"):
-        radius = rng.uniform(4.0, 6.0) * s
-        other_shape = SHAPES[rng.integers(len(SHAPES))]
-        other_colour = _colour(rng)
-        near, far = rng.uniform(2.2, 3.0) * radius, rng.uniform(0.7, 0.85) * size
-        # one object above the other, approaching or leaving each other vertically
-        cx, cy = rng.uniform(radius + 3, size - radius - 3), size / 2 + rng.uniform(-3, 3) * s
-        gaps = far + (near - far) * t  # distance between the centres: far -> near when meeting
-        order = range(num_frames) if name == "meeting" else range(num_frames - 1, -1, -1)
-        for k, j in enumerate(order):
-            _draw_shape(canvas[k], shape, (cx, cy - gaps[j] / 2), radius, colour)
-            _draw_shape(canvas[k], other_shape, (cx, cy + gaps[j] / 2), radius, other_colour)
-        return np.clip(canvas, 0, 255).astype(np.uint8)
-    elif name in ("same_direction", "opposite_direction"):
-        # Two identical objects, one near the top and one near the bottom (at least 36 px apart at 64 px), each
-        # moving left or right (independently uniform, so each object alone says nothing about the class).
-        radius = rng.uniform(4.0, 6.0) * s
-        travel = rng.uniform(0.35, 0.5) * size
-        first = rng.integers(2) * 2 - 1  # +1: right, -1: left
-        second = first if name == "same_direction" else -first
-        for direction, y in ((first, rng.uniform(radius + 2, 0.22 * size)),
-                             (second, rng.uniform(0.78 * size, size - radius - 2))):
-            x0 = rng.uniform(radius + 2, size - radius - 2 - travel)
-            xs = x0 + travel * (t if direction > 0 else 1.0 - t)
-            for k in range(num_frames):
-                _draw_shape(canvas[k], shape, (xs[k], y), radius, colour)
-        return np.clip(canvas, 0, 255).astype(np.uint8)
-    else:  # flashing / steady: one object, brightness alternating between two levels, or constant
-        radius = rng.uniform(6.0, 12.0) * s
-        centre = (rng.uniform(radius + 2, size - radius - 2), rng.uniform(radius + 2, size - radius - 2))
-        low = rng.uniform(0.2, 0.45)
-        high = rng.uniform(0.8, 1.0)
-        if name == "flashing":
-            period = int(rng.integers(1, 3))  # the level switches every 1 or 2 frames
-            phase = int(rng.integers(2 * period))
-            levels = [high if ((k + phase) // period) % 2 == 0 else low for k in range(num_frames)]
-        else:
-            level = rng.choice([low, high, rng.uniform(low, high)])
-            levels = [level] * num_frames
-        angle = rng.uniform(0.0, 2.0 * math.pi)
-        for k in range(num_frames):
-            _draw_shape(canvas[k], shape, centre, radius, colour * levels[k], angle)
-        return np.clip(canvas, 0, 255).astype(np.uint8)
-
-    for k, frame in enumerate(frames):
-        _draw_shape(canvas[k], shape, frame["centre"], frame["radius"], colour, frame.get("angle", 0.0))
+    scene = _Scene(canvas, rng, name, shape, colour, size)
+    _PAINTERS[name](scene)
     return np.clip(canvas, 0, 255).astype(np.uint8)
+
+
+def _class_index(label):
+    """The index in `CLASSES` of a class name or index; ValueError naming the label otherwise."""
+    if isinstance(label, str):
+        if label not in CLASSES:
+            raise ValueError(f"Unknown synthetic class. Expected one of {CLASSES}. Received: label={label!r}")
+        return CLASSES.index(label)
+    index = int(label)
+    if not 0 <= index < len(CLASSES) or isinstance(label, bool):
+        raise ValueError(f"`label` must be in [0, {len(CLASSES) - 1}] or a class name. Received: label={label!r}")
+    return index
+
+
+class _Scene:
+    """What a painter draws with: the float32 `(T, H, W, 3)` canvas (drawn on in place), the clip's random
+    generator (painters draw their parameters from it in a fixed order: the clip depends only on the seed), the
+    class name, the main object's shape and colour, the frame size, `s` (geometry is written for 64x64 frames and
+    scaled by `s`) and `t` (0..1 over the clip)."""
+
+    def __init__(self, canvas, rng, name, shape, colour, size):
+        self.canvas, self.rng, self.name, self.shape, self.colour, self.size = canvas, rng, name, shape, colour, size
+        self.num_frames = len(canvas)
+        self.s = size / 64.0
+        self.t = np.arange(self.num_frames, dtype=np.float64) / (self.num_frames - 1)
+
+    def draw_frames(self, frames):
+        """Draws the main object on every frame, `frames[k]` giving its `centre`, `radius` and optional `angle`."""
+        for k, frame in enumerate(frames):
+            _draw_shape(self.canvas[k], self.shape, frame["centre"], frame["radius"], self.colour,
+                        frame.get("angle", 0.0))
+
+
+def _paint_moving(scene):
+    """`moving_left` / `moving_right`: a fast horizontal translation, reversed in time for `moving_left`."""
+    rng, size, t = scene.rng, scene.size, scene.t
+    radius = rng.uniform(5.0, 8.0) * scene.s
+    travel = rng.uniform(0.4, 0.6) * size  # fast: 3.5-5.5 px per frame at 64 px and 8 frames
+    start = rng.uniform(radius + 2, size - radius - 2 - travel)
+    y = rng.uniform(radius + 2, size - radius - 2)
+    xs = start + travel * t
+    scene.draw_frames(_forward_or_reversed(lambda k: dict(centre=(xs[k], y), radius=radius),
+                                           scene.name == "moving_left", scene.num_frames))
+
+
+def _paint_rotating(scene):
+    """`rotating_clockwise` / `rotating_counterclockwise`: a clock hand turning by a fixed step per frame."""
+    rng, size, s = scene.rng, scene.size, scene.s
+    length = rng.uniform(16.0, 24.0) * s
+    centre = (rng.uniform(length + 3, size - length - 3), rng.uniform(length + 3, size - length - 3))
+    step = math.radians(rng.uniform(12.0, 24.0))
+    start = rng.uniform(0.0, 2.0 * math.pi)
+    sign = 1.0 if scene.name == "rotating_clockwise" else -1.0  # y points down: a growing angle turns clockwise
+    width = max(2.0, rng.uniform(3.0, 4.5) * s)
+    for k in range(scene.num_frames):
+        _draw_hand(scene.canvas[k], centre, length, start + sign * step * k, scene.colour, width)
+
+
+def _paint_scaling(scene):
+    """`approaching` / `receding`: the object grows by a constant ratio per frame, or shrinks (reversed)."""
+    rng, size, s = scene.rng, scene.size, scene.s
+    small, large = rng.uniform(3.0, 5.0) * s, rng.uniform(13.0, 18.0) * s
+    centre = (rng.uniform(large + 2, size - large - 2), rng.uniform(large + 2, size - large - 2))
+    radii = small * (large / small) ** scene.t  # constant relative growth per frame, like a steady approach
+    angle = rng.uniform(0.0, 2.0 * math.pi)
+    scene.draw_frames(_forward_or_reversed(lambda k: dict(centre=centre, radius=radii[k], angle=angle),
+                                           scene.name == "receding", scene.num_frames))
+
+
+def _paint_meeting(scene):
+    """`meeting` / `separating`: two objects, one above the other, approaching or leaving each other vertically."""
+    rng, size, s = scene.rng, scene.size, scene.s
+    radius = rng.uniform(4.0, 6.0) * s
+    other_shape = SHAPES[rng.integers(len(SHAPES))]
+    other_colour = _colour(rng)
+    near, far = rng.uniform(2.2, 3.0) * radius, rng.uniform(0.7, 0.85) * size
+    cx, cy = rng.uniform(radius + 3, size - radius - 3), size / 2 + rng.uniform(-3, 3) * s
+    gaps = far + (near - far) * scene.t  # distance between the centres: far -> near when meeting
+    n = scene.num_frames
+    order = range(n) if scene.name == "meeting" else range(n - 1, -1, -1)
+    for k, j in enumerate(order):
+        _draw_shape(scene.canvas[k], scene.shape, (cx, cy - gaps[j] / 2), radius, scene.colour)
+        _draw_shape(scene.canvas[k], other_shape, (cx, cy + gaps[j] / 2), radius, other_colour)
+
+
+def _paint_directions(scene):
+    """`same_direction` / `opposite_direction`: two identical objects, one near the top and one near the bottom
+    (at least 36 px apart at 64 px), each moving left or right (independently uniform, so each object alone says
+    nothing about the class)."""
+    rng, size, t = scene.rng, scene.size, scene.t
+    radius = rng.uniform(4.0, 6.0) * scene.s
+    travel = rng.uniform(0.35, 0.5) * size
+    first = rng.integers(2) * 2 - 1  # +1: right, -1: left
+    second = first if scene.name == "same_direction" else -first
+    for direction, y in ((first, rng.uniform(radius + 2, 0.22 * size)),
+                         (second, rng.uniform(0.78 * size, size - radius - 2))):
+        x0 = rng.uniform(radius + 2, size - radius - 2 - travel)
+        xs = x0 + travel * (t if direction > 0 else 1.0 - t)
+        for k in range(scene.num_frames):
+            _draw_shape(scene.canvas[k], scene.shape, (xs[k], y), radius, scene.colour)
+
+
+def _paint_brightness(scene):
+    """`flashing` / `steady`: one object, its brightness alternating between two levels, or constant."""
+    rng, size, n = scene.rng, scene.size, scene.num_frames
+    radius = rng.uniform(6.0, 12.0) * scene.s
+    centre = (rng.uniform(radius + 2, size - radius - 2), rng.uniform(radius + 2, size - radius - 2))
+    low = rng.uniform(0.2, 0.45)
+    high = rng.uniform(0.8, 1.0)
+    if scene.name == "flashing":
+        period = int(rng.integers(1, 3))  # the level switches every 1 or 2 frames
+        phase = int(rng.integers(2 * period))
+        levels = [high if ((k + phase) // period) % 2 == 0 else low for k in range(n)]
+    else:
+        level = rng.choice([low, high, rng.uniform(low, high)])
+        levels = [level] * n
+    angle = rng.uniform(0.0, 2.0 * math.pi)
+    for k in range(n):
+        _draw_shape(scene.canvas[k], scene.shape, centre, radius, scene.colour * levels[k], angle)
+
+
+_PAINTERS = {
+    "moving_left": _paint_moving, "moving_right": _paint_moving,
+    "rotating_clockwise": _paint_rotating, "rotating_counterclockwise": _paint_rotating,
+    "approaching": _paint_scaling, "receding": _paint_scaling,
+    "meeting": _paint_meeting, "separating": _paint_meeting,
+    "same_direction": _paint_directions, "opposite_direction": _paint_directions,
+    "flashing": _paint_brightness, "steady": _paint_brightness,
+}
 
 
 def make_clips(num_per_class, *, num_frames=8, size=64, seed=0):
