@@ -23,6 +23,7 @@ import os
 import keras
 import numpy as np
 
+from nonlocal_zoo import _compat
 from nonlocal_zoo.models.arch import feature_shapes
 from nonlocal_zoo.models.classifier import apply_head
 from nonlocal_zoo.presets import PRESETS, get_preset
@@ -63,6 +64,7 @@ class VideoClassifier(keras.Model):
         labels: class names in output order. Defaults to `class_0`, `class_1`, ...
         activation: `"softmax"` (probabilities, default) or None (logits).
         dropout: dropout rate before `pred` (training only). Defaults to 0.5.
+        sync_batchnorm: BatchNormalization statistics over all replicas (see `synchronize_batchnorm`).
         fully_convolutional: the official per-location test head. Defaults to the preprocessor's
             `test_fully_convolutional`.
         preset: the registry name this model comes from (kept in its config), or None.
@@ -78,7 +80,7 @@ class VideoClassifier(keras.Model):
     """
 
     def __init__(self, backbone, num_classes=None, *, preprocessor=None, labels=None, activation="softmax",
-                 dropout=0.5, fully_convolutional=None, preset=None, name=None, **kwargs):
+                 dropout=0.5, fully_convolutional=None, preset=None, sync_batchnorm=False, name=None, **kwargs):
         if not isinstance(backbone, NonLocalResNetBackbone):
             raise ValueError(f"`backbone` must be a NonLocalResNetBackbone. Received: {type(backbone).__name__}")
         if preprocessor is None:
@@ -108,6 +110,18 @@ class VideoClassifier(keras.Model):
         self.fully_convolutional = bool(fully_convolutional)
         self.preset = preset
         self._logits_model = None
+        self.sync_batchnorm = False
+        if sync_batchnorm:
+            self.synchronize_batchnorm()
+
+    def synchronize_batchnorm(self):
+        """Every BatchNormalization layer (those inside non-local blocks too) computes its batch statistics over
+        all replicas of a `tf.distribute` strategy (`synchronized=True`, read at call time); kept in the config."""
+        for layer in _compat.flatten_layers(self):
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.synchronized = True
+        self.sync_batchnorm = True
+        return self
 
     # ------------------------------------------------------------------------------------------- config
     def get_config(self):
@@ -119,6 +133,7 @@ class VideoClassifier(keras.Model):
             "dropout": self.dropout,
             "fully_convolutional": self.fully_convolutional,
             "preset": self.preset,
+            "sync_batchnorm": self.sync_batchnorm,
             "name": self.name,
             "trainable": self.trainable,
         }

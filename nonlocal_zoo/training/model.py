@@ -77,6 +77,8 @@ def convert_to_sync_batchnorm(model):
     """
     import keras
 
+    if hasattr(model, "synchronize_batchnorm"):  # a VideoClassifier also keeps the setting in its config
+        return model.synchronize_batchnorm()
     for layer in _compat.flatten_layers(model):
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.synchronized = True

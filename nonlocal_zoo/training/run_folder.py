@@ -160,6 +160,7 @@ def load_checkpoint(path, *, compile=False):
     import keras
 
     import nonlocal_zoo.layers  # noqa: F401  (registers NonLocalBlock, Affine)
+    import nonlocal_zoo.tasks  # noqa: F401  (registers VideoClassifier, its backbone and preprocessor)
 
     register_keras_objects()
     return keras.saving.load_model(os.fspath(path), compile=compile)
