@@ -44,6 +44,7 @@ from nonlocal_zoo.data.video_io import (
 
 BACKENDS = ("auto", "pyav", "opencv")
 _RETRIES = 2  # earlier keyframes tried when a wanted frame does not come out after a seek, before decoding from 0
+_MIN_SKIP = 16  # seek forward only past more frames than this: decoding a few frames is cheaper than a decoder flush
 
 
 class FrameIndex(NamedTuple):
@@ -135,8 +136,10 @@ def frame_index(path, *, timeout=DEFAULT_TIMEOUT):
 class SeekReader:
     """Frame-exact random access to one video: seeks to keyframes, decodes forward, identifies frames by pts.
 
-    Reads that move forward through the video reuse the decoder's position (no seek) whenever seeking would not
-    skip anything, so reading a whole video window by window costs one sequential decode.
+    Reads that move forward through the video reuse the decoder's position (no seek) unless a keyframe lies more
+    than 16 frames ahead of the decoder and at or before the next wanted frame: then it seeks there, also within
+    one `read` whose frames have gaps. Reading a whole video window by window costs one sequential decode; reading
+    sparse windows decodes only from each window's keyframe.
 
     Args:
         path: video file.
@@ -322,7 +325,7 @@ class _PyAVSeeker:
             if tries:  # the frame did not come out after the last seek: start further back
                 j = 0 if tries > _RETRIES else max(j - tries, 0)
             continuing = self._frames_iter is not None and self._position < k and \
-                self._floor <= k and int(index.keyframes[j]) <= self._position + 1 and not tries
+                self._floor <= k and int(index.keyframes[j]) <= self._position + 1 + _MIN_SKIP and not tries
             if not continuing:
                 self._seek(j)
             missed = self._decode_until(pending, out, deadline, skip_gaps=not tries)
@@ -363,7 +366,7 @@ class _PyAVSeeker:
                 return first_missing
             if k >= last:
                 break
-            if skip_gaps and int(index.keyframes[index.keyframe_before(first_missing)]) > k + 1:
+            if skip_gaps and int(index.keyframes[index.keyframe_before(first_missing)]) > k + 1 + _MIN_SKIP:
                 return None  # a keyframe lies between here and the next wanted frame: seeking skips the gap
         self._frames_iter = None  # end of stream
         return next((i for i in pending if i not in out), None)
