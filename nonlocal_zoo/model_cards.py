@@ -221,10 +221,19 @@ def _front_matter(licence, *, kinetics=True):
     return front + ["---"]
 
 
-def _usage(preset_name, preset, repo_id):
-    """The lines of the card's usage snippet: `VideoClassifier.from_preset` (from `hf://repo_id` when given), or
-    `create_model` + the test views for a registry preset."""
+def _usage(preset_name, preset, repo_id, plain_keras=False):
+    """The lines of the card's usage snippet: `VideoClassifier.from_preset` (from `hf://repo_id` when given; with
+    `plain_keras`, the preset with the repository's weights), or `create_model` + the test views for a registry
+    preset."""
     pre, internal = preset["preprocessing"], preset["metadata"]["internal"]
+    if repo_id and plain_keras:  # a plain Keras model of the preset: its weights go into the preset's classifier
+        return [
+            "import nonlocal_zoo",
+            "",
+            f"clf = nonlocal_zoo.VideoClassifier.from_preset(\"{preset_name}\", weights=\"hf://{repo_id}\")",
+            "probs = clf.predict([\"video.mp4\"])  # one row of class probabilities per video (all test views)",
+            "print(clf.decode_predictions(probs, top=5))",
+        ]
     if internal or repo_id:
         source = f"hf://{repo_id}" if repo_id else preset_name
         return [
@@ -249,7 +258,7 @@ def _usage(preset_name, preset, repo_id):
     ]
 
 
-def model_card(preset_name, parity=None, *, repo_id=None):
+def model_card(preset_name, parity=None, *, repo_id=None, plain_keras=False):
     """The Hugging Face model card (Markdown with YAML front matter) of a preset.
 
     Args:
@@ -257,6 +266,9 @@ def model_card(preset_name, parity=None, *, repo_id=None):
         parity: optional measured parity (see `parity_summary`); defaults to the preset's registered parity test.
         repo_id: the Hub repository the card is uploaded to (`"org/repo"`); the usage section then loads from
             `hf://org/repo`.
+        plain_keras: the repository holds a plain Keras model of the preset (what
+            `nonlocal_zoo.models.conversion.push_to_hub` uploads), not a `VideoClassifier`: the usage section
+            loads its weights into the preset (`VideoClassifier.from_preset(preset, weights="hf://org/repo")`).
 
     Returns:
         The card text.
@@ -297,7 +309,7 @@ def model_card(preset_name, parity=None, *, repo_id=None):
         "## Usage",
         "",
         "```python",
-        *_usage(preset_name, preset, repo_id),
+        *_usage(preset_name, preset, repo_id, plain_keras),
         "```",
         "",
         *_CITATION,
@@ -417,7 +429,8 @@ def _card_accuracy(preset):
     return ["## Accuracy", "", "No Kinetics-400 accuracy (not a Kinetics-400 model); see the description."]
 
 
-def render_card(preset=None, *, model_name=None, repo_id=None, parity=None, labels=None, licence=None):
+def render_card(preset=None, *, model_name=None, repo_id=None, parity=None, labels=None, licence=None,
+                plain_keras=False):
     """The model card to upload or save with a model: the preset's full card, or a short generic one.
 
     The one card generator for `push_to_hub` and `save_to_preset`: with a registry preset it is `model_card`;
@@ -430,6 +443,8 @@ def render_card(preset=None, *, model_name=None, repo_id=None, parity=None, labe
         parity: optional measured parity (see `parity_summary`).
         labels: class names of a model without a preset (listed in the card).
         licence: licence of a model without a preset (e.g. inherited from the weights it was fine-tuned from).
+        plain_keras: the repository holds a plain Keras model, not a `VideoClassifier` (see `model_card`); without
+            a preset the card then has no `from_preset` snippet (only a VideoClassifier loads from `hf://` alone).
 
     Returns:
         The card text (Markdown with YAML front matter).
@@ -441,7 +456,7 @@ def render_card(preset=None, *, model_name=None, repo_id=None, parity=None, labe
         True
     """
     if preset is not None:
-        return model_card(preset, parity=parity, repo_id=repo_id)
+        return model_card(preset, parity=parity, repo_id=repo_id, plain_keras=plain_keras)
     title = model_name or "nonlocal_zoo model"
     lines = _front_matter(licence, kinetics=False) + ["", f"# {title}", "", "Keras model built with nonlocal_zoo."]
     if labels:
@@ -450,7 +465,7 @@ def render_card(preset=None, *, model_name=None, repo_id=None, parity=None, labe
         lines += ["", f"Licence: {licence}."]
     if parity is not None:
         lines += ["", parity_summary(None, parity)]
-    if repo_id:
+    if repo_id and not plain_keras:
         lines += ["", "```python", "import nonlocal_zoo", "",
                   f"clf = nonlocal_zoo.VideoClassifier.from_preset(\"hf://{repo_id}\")", "```"]
     return "\n".join(lines) + "\n"

@@ -137,9 +137,11 @@ def test_kinetics400_download_verify_convert_cache(upstream, conversions, home):
 def builds(monkeypatch):
     """Records every backbone that is built (`apply_backbone`, directly or through `build_backbone`)."""
     from nonlocal_zoo.models import backbone, factories
+    from nonlocal_zoo.tasks import backbone as task_backbone  # binds apply_backbone at its first import
 
     calls = []
-    for module, name in ((factories, "apply_backbone"), (backbone, "apply_backbone"), (backbone, "build_backbone")):
+    for module, name in ((factories, "apply_backbone"), (backbone, "apply_backbone"), (backbone, "build_backbone"),
+                         (task_backbone, "apply_backbone")):
         original = getattr(module, name)
 
         def counting(*args, _original=original, _name=name, **kwargs):
@@ -188,6 +190,7 @@ def test_headless_first_load_caches_the_head_too(upstream, conversions, builds, 
 def test_preset_comes_from_the_argument_or_attribute_never_the_name(upstream):
     model = create_model(PRESET, input_shape=SHAPE, classifier_activation=None)
     assert model.name == PRESET
+    model.preset = None  # as a plain Keras model loaded from a file: create_model's in-memory record is not saved
     with pytest.raises(ValueError, match="needs the preset.*preset=None"):
         load_weights(model, "kinetics400")
     model.preset = PRESET  # what a VideoClassifier carries
@@ -348,17 +351,39 @@ def test_push_preset_to_hub_and_load_it_back(upstream, local_hub, monkeypatch):
     np.testing.assert_array_equal(keras_logits(headless, upstream.x), keras_logits(_res5(from_hub), upstream.x))
 
 
-def test_push_model_with_fallback_card(upstream, local_hub, monkeypatch):
-    monkeypatch.setitem(sys.modules, "nonlocal_zoo.model_cards", None)  # the card generator is unavailable
+def test_push_model_card_from_model_cards(upstream, local_hub, monkeypatch):
+    # The card of a plain Keras model comes from the one card generator (nonlocal_zoo.model_cards), with the parity
+    # measurement given to push_to_hub, and its usage snippet loads the repository back.
+    from nonlocal_zoo import model_cards
+    from nonlocal_zoo.tasks import VideoClassifier
+
     model = _kinetics_model()
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    push_to_hub(model, "hf://me/tiny2", preset=PRESET)
+    parity = {"max_rel_diff": 2.5e-6, "top1_agreement": 1.0}
+    push_to_hub(model, "hf://me/tiny2", preset=PRESET, parity=parity)
     card = (local_hub / "hub" / "models--me--tiny2" / "snapshots" / COMMIT / "README.md").read_text()
+    assert card == model_cards.model_card(PRESET, parity=parity, repo_id="me/tiny2", plain_keras=True)
     for text in ("license: cc-by-nc-4.0", "i3d_nonlocal_8x8_IN_pretrain_400k.pkl", "top-1 74.7", "114.75",
-                 "10 clips x 3 crops", 'weights="hf://me/tiny2"'):
+                 "10 clips x 3 crops", 'weights="hf://me/tiny2"', "max_rel_diff 2.5e-06"):
         assert text in card
     from_hub = create_model(PRESET, weights="hf://me/tiny2", input_shape=SHAPE, classifier_activation=None)
     np.testing.assert_array_equal(keras_logits(from_hub, upstream.x), keras_logits(model, upstream.x))
+    # the card's snippet: VideoClassifier.from_preset(PRESET, weights="hf://me/tiny2") gets the uploaded weights
+    clf = VideoClassifier.from_preset(PRESET, weights="hf://me/tiny2")
+    for layer in model.layers:
+        for mine, theirs in zip(layer.get_weights(), clf.get_layer(layer.name).get_weights(), strict=True):
+            np.testing.assert_array_equal(theirs, mine)
+    with pytest.raises(ValueError, match="parity"):  # never dropped silently
+        push_to_hub(model, "hf://me/tiny3", preset=PRESET, card="# mine", parity=parity)
+
+
+def test_push_model_of_another_head_gets_a_short_card(local_hub, monkeypatch):
+    model = create_model(PRESET, weights=None, input_shape=SHAPE, classes=7, model_name="my_head")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    push_to_hub(model, "me/other", preset=PRESET)
+    card = (local_hub / "hub" / "models--me--other" / "snapshots" / COMMIT / "README.md").read_text()
+    assert "# my_head" in card and "license: cc-by-nc-4.0" in card  # the preset's licence, inherited
+    assert "Kinetics-400" not in card and "from_preset" not in card  # not the preset's 400-class card
 
 
 def test_hub_repository_with_one_keras_file(upstream, local_hub, tmp_path, monkeypatch):

@@ -4,9 +4,10 @@
 import os
 from pathlib import Path
 
+from nonlocal_zoo.model_cards import render_card
 from nonlocal_zoo.models.factories import create_model
 from nonlocal_zoo.models.weights import PRETRAINED_TAG, declared_format, pred_units, preset_of_model
-from nonlocal_zoo.presets import get_preset
+from nonlocal_zoo.presets import get_preset, num_classes
 from nonlocal_zoo.pretrained import hub, loading
 from nonlocal_zoo.pretrained.convert import assign_checkpoint, atomic_save
 
@@ -74,12 +75,12 @@ def push_to_hub(model_or_preset, repo_id, *, card=None, weights=PRETRAINED_TAG, 
     Args:
         model_or_preset: a Keras model, or a preset name (the model is built and its `weights` loaded).
         repo_id: 'org/repo' or 'hf://org/repo'.
-        card: model card markdown. None writes the registry's short card of the preset
-            (`pretrained.loading.minimal_model_card`); the full card with parity results is
-            `nonlocal_zoo.model_cards.model_card(preset, parity=...)`, passed here as text (it sits above this floor).
+        card: model card markdown. None generates it with `nonlocal_zoo.model_cards`: the preset's full card
+            (`model_card(preset, parity=..., repo_id=...)`) for a model of a registry preset with the preset's
+            classes, else a short card (`render_card(model_name=...)`).
         weights: what to load when a preset name is given. Defaults to `"kinetics400"`.
-        parity: not used here any more: pass `model_card(preset, parity=parity)` as `card`. Giving it without a
-            `card` raises ValueError rather than dropping it silently.
+        parity: measured parity for the generated card (see `nonlocal_zoo.model_cards.parity_summary`). With your
+            own `card` it raises ValueError rather than being dropped silently.
         token, private, commit_message: as in `hub.upload_folder_to_hub`.
         preset: the preset of a Keras model, for its card (None: the model's `preset` attribute, if any).
 
@@ -87,13 +88,15 @@ def push_to_hub(model_or_preset, repo_id, *, card=None, weights=PRETRAINED_TAG, 
         the `huggingface_hub.CommitInfo` of the upload.
 
     Example:
-        >>> push_to_hub("i3d_nl5_r50_8x8_kinetics400_pyslowfast", "me/i3d_nl5_r50_8x8_pyslowfast")
-        >>> model = create_model("i3d_nl5_r50_8x8_kinetics400_pyslowfast", weights="hf://me/i3d_nl5_r50_8x8_pyslowfast")
+        >>> push_to_hub("i3d_nl5_r50_8x8_kinetics400_pyslowfast", "me/i3d_nl5_r50_8x8_pyslowfast",
+        ...             parity={"max_rel_diff": 3e-6, "top1_agreement": 1.0})
+        >>> clf = VideoClassifier.from_preset("i3d_nl5_r50_8x8_kinetics400_pyslowfast",
+        ...                                   weights="hf://me/i3d_nl5_r50_8x8_pyslowfast")
     """
-    if parity is not None and card is None:
+    if parity is not None and card is not None:
         raise ValueError(
-            "A parity report goes into the full model card: pass card=nonlocal_zoo.model_cards.model_card(preset, "
-            f"parity=parity). Received: parity={parity!r}, card=None"
+            "`parity` goes into the generated model card; with your own `card`, write it there "
+            f"(nonlocal_zoo.model_cards.model_card(preset, parity=...)). Received: parity={parity!r} and a card"
         )
     if isinstance(model_or_preset, str):
         preset = model_or_preset
@@ -102,11 +105,18 @@ def push_to_hub(model_or_preset, repo_id, *, card=None, weights=PRETRAINED_TAG, 
         model = model_or_preset
         preset = preset_of_model(model, preset)
     if card is None:
-        card = _default_card(preset, model, hub.normalize_repo_id(repo_id))
+        card = _default_card(preset, model, hub.normalize_repo_id(repo_id), parity)
     return hub.push_to_hub(model, repo_id, card=card, token=token, private=private, commit_message=commit_message)
 
 
-def _default_card(preset, model, repo_id):
-    if preset is None:
-        return f"---\nlibrary_name: keras\ntags:\n- nonlocal_zoo\n---\n# {model.name}\n\nKeras model built with nonlocal_zoo.\n"
-    return loading.minimal_model_card(preset, repo_id=repo_id)
+def _default_card(preset, model, repo_id, parity):
+    """The card `push_to_hub` generates: the registry's full card when the model has its preset's classes (or no
+    head), else a short card with the model's name (and the preset's licence, which its weights inherit)."""
+    classifier = getattr(model, "preprocessor", None) is not None  # a VideoClassifier loads from hf:// alone
+    units = pred_units(model)
+    if preset is not None and units in (None, num_classes(preset)):
+        return render_card(preset, repo_id=repo_id, parity=parity, plain_keras=not classifier)
+    labels = list(getattr(model, "labels", None) or []) or None
+    licence = get_preset(preset)["licence"] if preset is not None else None
+    return render_card(model_name=model.name, repo_id=repo_id, parity=parity, labels=labels, licence=licence,
+                       plain_keras=not classifier)

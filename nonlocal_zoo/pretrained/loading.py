@@ -1,4 +1,4 @@
-"""Published weights of the presets: download, verified cache of converted tensors, provenance, model cards.
+"""Published weights of the presets: download, verified cache of converted tensors, provenance.
 
 - `download_preset(name)`: the preset's upstream checkpoint, downloaded once and verified (`download.fetch`).
 - the converted cache: `cache_dir()/converted/<preset>.h5` holds the checkpoint's tensors under canonical names
@@ -6,7 +6,6 @@
   `<preset>.provenance.json` beside it (source URL and sha256, converter version, sha256 of the converted file).
   `valid_converted` verifies the record and the file before it is used; a file that fails is converted again.
   `write_converted` writes both atomically, under `conversion_lock(name)`.
-- `minimal_model_card(name)`: a short model card from the registry.
 
 Loading weights into a model (`load_weights`, `create_model(weights=...)`), `convert_checkpoint` and
 `push_to_hub` live in `nonlocal_zoo.models.weights` and `nonlocal_zoo.models.conversion`, one floor up: this
@@ -288,69 +287,3 @@ def converted_weights(name, *, progress=True, offline=None):
         logger.info("Converting %s (%s) for preset %s.", source, w["format"], name)
         fmt, state = read_checkpoint(source, format=w["format"])
         return write_converted(name, state, fmt=fmt, source_path=source)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Model cards
-# ----------------------------------------------------------------------------------------------------------------
-_HUB_LICENSES = {"CC-BY-NC-4.0": "cc-by-nc-4.0", "Apache-2.0": "apache-2.0", "MIT": "mit"}
-
-
-def minimal_model_card(preset_name, *, repo_id=None):
-    """A short model card for a preset: architecture, source checkpoint and licence, published accuracy and
-    test protocol, preprocessing, usage. (`nonlocal_zoo.model_cards.model_card` writes the full one.)"""
-    preset = get_preset(preset_name)
-    meta, pre, w, arch = preset["metadata"], preset["preprocessing"], preset["weights"], preset["arch"]
-    licence = (w or {}).get("licence") or meta.get("licence")
-    front = ["---", "library_name: keras", "tags:", "- video-classification", "- non-local", "- nonlocal_zoo"]
-    if licence in _HUB_LICENSES:
-        front.append(f"license: {_HUB_LICENSES[licence]}")
-    front.append("---")
-    blocks = sum(len(b) for b in arch["nonlocal_blocks"])
-    depth = sum(arch["stage_depths"]) * 3 + 2
-    lines = [
-        *front,
-        f"# {preset_name}",
-        "",
-        f"{meta['description']}. Converted with nonlocal_zoo from the published checkpoint.",
-        "",
-        "## Architecture",
-        f"- ResNet-{depth}, stage depths {arch['stage_depths']}, conv1 kernel {arch['conv1_kernel']}, "
-        f"{blocks} non-local blocks ({arch['nonlocal_mode']}) at {arch['nonlocal_blocks']}",
-        f"- trainable parameters: {meta['params']:,}" if meta.get("params") else "- trainable parameters: see model",
-        f"- MACs per {pre['num_frames']}x{pre['test_crop']}x{pre['test_crop']} view: {meta['macs'] / 1e9:.1f} G"
-        if meta.get("macs") else "",
-        f"- paper: {meta['paper']}",
-        "",
-        "## Source checkpoint",
-    ]
-    if w:
-        lines += [f"- file: [{w['file_name']}]({w['url']}) ({w['format']}, from {w['source']})",
-                  f"- licence: **{w['licence']}** (the licence of the original weights applies to this conversion)"]
-    else:
-        lines += ["- none (architecture only)"]
-    top1 = f"{meta['top1']}" if meta.get("top1") is not None else "not published"
-    top5 = f"{meta['top5']}" if meta.get("top5") is not None else "not published"
-    fully = "fully-convolutional (per-location softmax) " if pre["test_fully_convolutional"] else ""
-    lines += [
-        "",
-        "## Published accuracy (Kinetics-400 validation)",
-        f"- top-1 {top1}, top-5 {top5}",
-        f"- protocol: {pre['test_num_clips']} clips x {pre['test_num_crops']} crops, short side "
-        f"{pre['test_short_side']}, {fully}{pre['test_crop']}x{pre['test_crop']} crops, "
-        f"{pre['test_aggregation']} averaged over views",
-        "",
-        "## Preprocessing",
-        f"- {pre['num_frames']} frames at stride {pre['sampling_rate']} ({pre['sampling']} sampling), "
-        f"{pre['channel_order']}, pixels in [0, {pre['scale']:g}]",
-        f"- normalise: (x - {pre['mean']}) / {pre['std']}",
-        f"- `nonlocal_zoo.preprocess_input(clip, preset=\"{preset_name}\")`",
-        "",
-        "## Usage",
-        "```python",
-        "import nonlocal_zoo",
-        f"model = nonlocal_zoo.create_model(\"{preset_name}\", weights=\"hf://{repo_id or '<org>/<repo>'}\")",
-        "```",
-        "",
-    ]
-    return "\n".join(line for line in lines if line is not None)
