@@ -269,3 +269,20 @@ def test_a_bug_in_a_decoding_thread_stops_the_run_instead_of_hanging(videos, tin
     monkeypatch.setattr(feats.WindowViews, "__call__", broken)
     with pytest.raises(TypeError, match="boom"):
         extract_features([videos["short"], videos["vfr"]], tiny, progress=False)
+
+
+def test_progress_bars_show_videos_and_windows(videos, tiny, capsys):
+    extract_features([videos["short"], videos["vfr"]], tiny, stride=8, progress=True)
+    err = capsys.readouterr().err
+    assert "videos: 100%" in err and "2/2" in err and "windows: 100%" in err
+
+
+def test_cli_bad_input_is_one_error_line(tmp_path, capsys):
+    from nonlocal_zoo.cli import main
+
+    assert main(["features", str(tmp_path / "nope"), "--model", "demo", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: No such video, folder or list file: {str(tmp_path / 'nope')!r}"]
+    assert main(["features", str(tmp_path), "--model", "no_such_model", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: Unknown") and "no_such_model" in err[0]
