@@ -7,8 +7,8 @@ the interval streaming sites use), then measures:
 1. **Window reads**: a 64-frame window (the 8x8 presets' span) at the start, at several positions and at the very end,
    by `SeekReader` (seek to the keyframe, decode forward; a fresh reader each time, the index cached) and by
    sequential decoding from the first frame (`read_video(frame_indices=...)`, what long-video code did before); also
-   the median over 20 random windows in the first and in the last minute (the same keyframe-alignment distribution). Every window read is checked against the
-   frame codes.
+   the median over 20 random windows in the first and in the last minute (the same keyframe-alignment distribution).
+   Every window read is checked against the frame codes.
 2. **Features**: `extract_features` windows/s against the video_features approach (decode the whole video
    sequentially, cut the windows, run the same preprocessing and the same model in the same batches, no overlap of
    decoding and model), for dense windows (stride = span) and sparse ones (one window every `--sparse-stride`
@@ -106,14 +106,14 @@ def bench_reads(path, num_frames, span=64, seed=0):
     seek_read(0)  # warm-up (imports, the decoder library)
     result["seek"] = {}
     for name, a in positions.items():
-        decoded, wall, cpu = _timed(lambda: seek_read(a))
+        decoded, wall, cpu = _timed(lambda a=a: seek_read(a))
         result["seek"][name] = {"frame": a, "wall": wall, "cpu": cpu, "frames_decoded": decoded}
     rng = np.random.default_rng(seed)
     minute = 60 * FPS
     for name, low in (("first_minute", 0), ("last_minute", num_frames - minute)):
         walls, cpus, decoded = [], [], []
         for a in rng.integers(low, low + minute - span, size=20).tolist():
-            n, wall, cpu = _timed(lambda: seek_read(a))
+            n, wall, cpu = _timed(lambda a=a: seek_read(a))
             walls.append(wall)
             cpus.append(cpu)
             decoded.append(n)
@@ -123,7 +123,7 @@ def bench_reads(path, num_frames, span=64, seed=0):
     result["sequential"] = {}
     for name in ("start", "50%", "end"):
         a = positions[name]
-        frames, wall, cpu = _timed(lambda: read_video(path, frame_indices=range(a, a + span), timeout=None,
+        frames, wall, cpu = _timed(lambda a=a: read_video(path, frame_indices=range(a, a + span), timeout=None,
                                                       backend="pyav"))
         assert [_decode_code(f) for f in frames] == list(range(a, a + span))
         result["sequential"][name] = {"frame": a, "wall": wall, "cpu": cpu}
@@ -209,13 +209,13 @@ def bench_features(path, model, strides, batch_size, workdir):
     for label, stride in strides.items():
         folder = os.path.join(workdir, f"features_{label}")
         shutil.rmtree(folder, ignore_errors=True)
-        _, wall, cpu = _timed(lambda: extract_features([path], clf, stride=stride, batch_size=batch_size,
-                                                       output_dir=folder, progress=False, resume=False))
+        _, wall, cpu = _timed(lambda folder=folder, stride=stride: extract_features(
+            [path], clf, stride=stride, batch_size=batch_size, output_dir=folder, progress=False, resume=False))
         z = load_features(os.path.join(folder, os.path.splitext(os.path.basename(path))[0] + ".npz"))
         windows = len(z["features"])
         plan = window_plan(z["metadata"]["num_video_frames"], num_frames=c["num_frames"],
                            sampling_rate=c["sampling_rate"], sampling=c["sampling"], stride=stride)
-        reference, wall_seq, cpu_seq = _timed(lambda: _sequential_features(path, clf, plan, batch_size))
+        reference, wall_seq, cpu_seq = _timed(lambda plan=plan: _sequential_features(path, clf, plan, batch_size))
         diff = float(np.abs(reference - z["features"]).max())
         assert diff < 1e-4, f"the two approaches disagree by {diff}"
         out[label] = {"stride": stride, "windows": windows, "extract_features_s": wall, "extract_features_cpu_s": cpu,

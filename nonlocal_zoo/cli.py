@@ -265,9 +265,9 @@ def _cmd_timeline(args):
     from nonlocal_zoo.timeline import timeline
 
     model = _load(args)
-    result = timeline(args.video, model, stride=args.stride, window=args.window, top_k=min(args.top_k, model.num_classes),
-                      num_crops=args.num_crops, batch_size=args.batch_size, out_dir=args.out,
-                      annotate=args.annotate)
+    result = timeline(args.video, model, stride=args.stride, window=args.window,
+                      top_k=min(args.top_k, model.num_classes), num_crops=args.num_crops, batch_size=args.batch_size,
+                      out_dir=args.out, annotate=args.annotate)
     if args.json:
         _print_json({k: result[k] for k in ("video", "model", "window", "stride", "num_crops", "windows", "files")})
         return EXIT_OK

@@ -151,7 +151,7 @@ def iter_windows(reader, plan, *, chunk=64):
             for k, frame in zip(take.tolist(), reader.read(take)):
                 cache[k] = frame
         yield w, np.stack([cache[k] for k in row.tolist()])
-        for k in set(row.tolist()):
+        for k in {int(v) for v in row}:
             if last_use[k] == w:
                 cache.pop(k, None)
         w += 1
@@ -259,7 +259,7 @@ def expand_videos(videos):
             out.append(item)  # a missing video file is reported in the manifest like any unreadable one
         else:
             raise ValueError(f"No such video, folder or list file: {item!r}")
-    paths = sorted(set(os.path.normpath(p) for p in out))
+    paths = sorted({os.path.normpath(p) for p in out})
     if not paths:
         raise ValueError(f"No videos found in {list(map(os.fspath, videos))!r} (extensions {VIDEO_EXTENSIONS})")
     stems = {}

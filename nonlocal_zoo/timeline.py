@@ -64,13 +64,16 @@ def timeline(video, model, *, stride=None, window=None, top_k=5, num_crops=None,
     if num_crops not in (1, 3) or isinstance(num_crops, bool):
         raise ValueError(f"`num_crops` must be 1 or 3. Received: num_crops={num_crops!r}")
     if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or not 1 <= top_k <= clf.num_classes:
-        raise ValueError(f"`top_k` must be at most the model's {clf.num_classes} classes. Received: top_k={top_k}")
+        raise ValueError(f"`top_k` must be an integer from 1 to the model's {clf.num_classes} classes. "
+                         f"Received: top_k={top_k!r}")
     if annotate and out_dir is None:
         raise ValueError("`annotate=True` needs `out_dir` (where annotated.mp4 is written)")
     T, r, sampling = config["num_frames"], config["sampling_rate"], config["sampling"]
     window_plan(1, num_frames=T, sampling_rate=r, sampling=sampling, window=window, stride=stride)  # validate
-    make_plan = lambda n: window_plan(n, num_frames=T, sampling_rate=r, sampling=sampling,  # noqa: E731
-                                      window=window, stride=stride)
+
+    def make_plan(n):
+        return window_plan(n, num_frames=T, sampling_rate=r, sampling=sampling, window=window, stride=stride)
+
     views = WindowViews(pre, crop=num_crops)
     path = os.fspath(video)
     plan = info = None

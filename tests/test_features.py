@@ -69,7 +69,6 @@ def test_window_overrides_the_sampling_rate_and_is_checked():
 @pytest.mark.parametrize("name", ["bframes", "vfr"])
 def test_window_frames_are_the_decoded_frames_they_claim(videos, name):
     path = videos[name]
-    _, times = sequential_frames(path)
     with SeekReader(path) as reader:
         plan = window_plan(reader.num_frames, num_frames=4, sampling_rate=3, stride=5)
         seen = 0

@@ -9,10 +9,10 @@ from nonlocal_zoo.data.video_io import container_index
 from tests.long_videos import decode_code, sequential_frames, write_coded_video
 
 FILES = {  # name -> writer options
-    "bframes.mp4": dict(codec="libx264", bframes=3, gop=12),
-    "mpeg4_bframes.avi": dict(codec="mpeg4", bframes=2, gop=15),
-    "vfr.mp4": dict(codec="libx264", bframes=2, gop=10, vfr=True),
-    "vfr.mkv": dict(codec="libx264", bframes=0, gop=16, vfr=True),
+    "bframes.mp4": {"codec": "libx264", "bframes": 3, "gop": 12},
+    "mpeg4_bframes.avi": {"codec": "mpeg4", "bframes": 2, "gop": 15},
+    "vfr.mp4": {"codec": "libx264", "bframes": 2, "gop": 10, "vfr": True},
+    "vfr.mkv": {"codec": "libx264", "bframes": 0, "gop": 16, "vfr": True},
 }
 NUM_FRAMES = 300
 

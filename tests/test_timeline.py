@@ -46,7 +46,8 @@ def test_window_scores_equal_the_classifier_on_the_same_clip(tiny, video, tmp_pa
     # files: JSON and CSV hold the same top-k, the PNG and the MP4 open
     saved = json.loads((tmp_path / "timeline.json").read_text())
     assert saved["windows"] == result["windows"]
-    rows = list(csv.DictReader(open(tmp_path / "timeline.csv")))
+    with open(tmp_path / "timeline.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
     assert len(rows) == 3 * len(result["windows"])
     assert [r["label"] for r in rows if r["rank"] == "1"] == [w["top"][0]["label"] for w in result["windows"]]
     from PIL import Image

@@ -26,7 +26,6 @@ Example:
     ...     frames = reader.read(range(90_000, 90_064))      # uint8 (64, H, W, 3): a minute-50 window
     ...     start, end = reader.starts[90_000], reader.ends[90_063]
 """
-import bisect
 import os
 import threading
 import time
