@@ -24,6 +24,7 @@ def resolve_model(model_or_name, *, weights, preset, input_shape):
         weights: with a name: `"auto"` (published or saved weights; an architecture-only preset is refused: pass
             `weights=None` for a randomly initialised export), None, `"kinetics400"`, a path or an `hf://` handle.
         preset: with a plain `keras.Model`: the preset name whose preprocessing it uses, or a preprocessing dict.
+            Defaults to the preset `create_model` recorded on the model (not saved with a plain `.keras` file).
         input_shape: with a name: `(T, H, W, 3)`, or None (the model's frames and training crop).
 
     Raises:
@@ -64,6 +65,10 @@ def resolve_model(model_or_name, *, weights, preset, input_shape):
     model = model_or_name
     if isinstance(preset, dict):
         return model, None, preset
+    if preset is None:
+        from nonlocal_zoo.models import preset_of
+
+        preset = preset_of(model)  # what `create_model` recorded on the model (never its name)
     if preset is None:
         raise ValueError(
             "Cannot tell which preprocessing this plain keras.Model needs (a model's name is not its preset). Pass "
