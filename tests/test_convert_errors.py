@@ -126,8 +126,8 @@ def test_torch_leftover_and_missing_keys(tmp_path):
     path = save_torch_checkpoint(tmp_path / "mm.pth", state, wrapper="state_dict")
     model = _model(overrides={"nonlocal_pool_position": "projection", "nonlocal_use_scale": False,
                               "nonlocal_out_use_bias": False})
-    with pytest.raises(CheckpointMismatchError) as info:
-        load_weights(model, path)
+    with pytest.raises(CheckpointMismatchError) as info:  # an mmaction2 file in an official-flavour preset: forced
+        load_weights(model, path, format="mmaction2_pth")
     assert info.value.unexpected == ["backbone.layer1.0.conv4.conv.weight"]
     assert [m.split()[0] for m in info.value.missing] == ["nonlocal_conv3_0_bn_rm"]
     # num_batches_tracked buffers are bookkeeping, never reported.
