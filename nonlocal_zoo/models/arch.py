@@ -11,10 +11,10 @@ from nonlocal_zoo.presets import make_arch
 
 # The builder's defaults: I3D ResNet-50 with 5 official non-local blocks, official "paper" geometry (32x2 clips).
 DEFAULT_ARCH = {**make_arch(depth=50, temporal="i3d", geometry="paper", nonlocal_placement="nl5"),
-                "pool2_strides": None, "nonlocal_chunk_size": None}
+                "pool2_strides": None, "nonlocal_chunk_size": None, "nonlocal_memory_budget_mb": 64}
 ARCH_KEYS = tuple(DEFAULT_ARCH)
 # Arguments that change neither the weights nor the function computed: safe to override with pretrained weights.
-WEIGHT_NEUTRAL_KEYS = ("nonlocal_chunk_size",)
+WEIGHT_NEUTRAL_KEYS = ("nonlocal_chunk_size", "nonlocal_memory_budget_mb")
 BACKBONE_NORMALIZATIONS = ("batch", "affine")
 
 
@@ -205,7 +205,8 @@ def _check_nonlocal_options(a):
 
 
 def _check_nonlocal_groups(a, num_stages):
-    """Per-stage temporal group sizes (positive int or None) and the weight-neutral `nonlocal_chunk_size`."""
+    """Per-stage temporal group sizes (positive int or None) and the weight-neutral `nonlocal_chunk_size` (positive
+    int, `"auto"` or None) with its `nonlocal_memory_budget_mb` (positive number, used by `"auto"`)."""
     groups = a["nonlocal_temporal_group_sizes"]
     if (
         not isinstance(groups, (list, tuple))
@@ -218,9 +219,14 @@ def _check_nonlocal_groups(a, num_stages):
         )
     a["nonlocal_temporal_group_sizes"] = list(groups)
     chunk = a["nonlocal_chunk_size"]
-    if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
+    if chunk is not None and chunk != "auto" and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
         raise ValueError(
-            f"`nonlocal_chunk_size` must be a positive int or None. Received: nonlocal_chunk_size={chunk!r}"
+            f"`nonlocal_chunk_size` must be a positive int, \"auto\" or None. Received: nonlocal_chunk_size={chunk!r}"
+        )
+    budget = a["nonlocal_memory_budget_mb"]
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0 < budget < float("inf"):
+        raise ValueError(
+            f"`nonlocal_memory_budget_mb` must be a positive number. Received: nonlocal_memory_budget_mb={budget!r}"
         )
 
 

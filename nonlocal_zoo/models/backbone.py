@@ -118,6 +118,7 @@ def apply_backbone(x, *, zero_init_residual=True, **arch):
                     normalization=a["nonlocal_normalization"],
                     temporal_group_size=a["nonlocal_temporal_group_sizes"][s],
                     chunk_size=a["nonlocal_chunk_size"],
+                    memory_budget_mb=a["nonlocal_memory_budget_mb"],
                     name=f"nonlocal_conv{s + 2}_{i}",
                 )(x)
         x = keras.layers.Identity(name=name)(x)
@@ -192,8 +193,12 @@ def build_backbone(
         nonlocal_blocks: per stage, the block indices after which a `NonLocalBlock` named
             `nonlocal_conv{stage}_{index}` is inserted, e.g. `[[], [1, 3], [1, 3, 5], []]`.
         nonlocal_mode, nonlocal_compression, nonlocal_pool_position, nonlocal_use_scale, nonlocal_use_bias,
-            nonlocal_out_use_bias, nonlocal_normalization, nonlocal_chunk_size: passed to every `NonLocalBlock`
-            (`mode`, `compression`, ...); its intermediate dim is half the stage width.
+            nonlocal_out_use_bias, nonlocal_normalization, nonlocal_chunk_size, nonlocal_memory_budget_mb: passed to
+            every `NonLocalBlock` (`mode`, `compression`, ..., `chunk_size`, `memory_budget_mb`); its intermediate
+            dim is half the stage width. `nonlocal_chunk_size="auto"` bounds every block's affinity buffer by
+            `nonlocal_memory_budget_mb` (default 64 MB) for any clip length and batch; like an int chunk size it
+            changes neither the weights nor the result (weight-neutral: allowed as an override with pretrained
+            weights).
         nonlocal_temporal_group_sizes: per stage, the `temporal_group_size` of its non-local blocks (`None`: all
             frames attend to each other). The official frozen-BN models use `[None, 4, None, None]`.
         normalization: `"batch"` (BatchNormalization, epsilon 1e-5, momentum 0.9) or `"affine"` (`Affine`, the
