@@ -89,7 +89,7 @@ def _load(args):
     from nonlocal_zoo.inference import load_model
 
     return load_model(args.model, weights=getattr(args, "weights", "auto"), preset=getattr(args, "preset", None),
-                      labels=getattr(args, "labels", None))
+                      labels=getattr(args, "labels", None), dtype=getattr(args, "dtype", None))
 
 
 def _check_video_path(path):
@@ -350,6 +350,12 @@ def _add_model_args(p, *, required=True):
     p.add_argument("--labels", default=None, help="text file of class names, one per line (default: from the model)")
 
 
+def _add_dtype_arg(p):
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
+                   help="compute dtype: float32 (default) or bfloat16 (float32 weights, attention and scores; needs "
+                        "a CPU with avx512_bf16/amx_bf16 or a recent GPU, refused otherwise)")
+
+
 def _add_finetune(subparsers, formatter, full):
     p = subparsers.add_parser(
         "finetune", formatter_class=formatter, help="fine-tune a preset on a folder of clips (one folder per class)",
@@ -472,7 +478,7 @@ def _add_benchmark(subparsers, formatter, full):
     p = subparsers.add_parser(
         "benchmark", formatter_class=formatter, help="speed and memory benchmarks",
         description="Benchmarks against the PyTorch reference on this machine (sections: machine, matmul, block, "
-                    "chunking, models, pipeline, backends); writes a Markdown report.",
+                    "chunking, models, precision, pipeline, backends); writes a Markdown report.",
         epilog="Example: nonlocal-zoo benchmark --quick --output /tmp/bench.md")
     if not full:  # the benchmark package is imported only when `benchmark` is the command
         p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
@@ -549,6 +555,7 @@ def build_parser(command=None):
     p.add_argument("--num-clips", type=_num_clips, default=1,
                    help=f"temporal views per video, 1 to {MAX_NUM_CLIPS} (default: 1)")
     p.add_argument("--num-crops", type=int, choices=(1, 3), default=1, help="spatial crops per view (default: 1)")
+    _add_dtype_arg(p)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(handler=_cmd_classify)
 
@@ -562,6 +569,7 @@ def build_parser(command=None):
     p.add_argument("--split", default=None, help="split sub-folder or TFDS split")
     p.add_argument("--data-dir", default=None, help="TFDS data directory")
     p.add_argument("--batch-size", type=_positive_int, default=None, help="views per forward pass")
+    _add_dtype_arg(p)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(handler=_cmd_evaluate)
 
@@ -638,6 +646,7 @@ def build_parser(command=None):
                    help="process every N-th video of the sorted list from position I (0-based); N processes with "
                         "I = 0..N-1 together write the files of one run")
     p.add_argument("--batch-size", type=_positive_int, default=8, help="windows per forward pass (default: 8)")
+    _add_dtype_arg(p)
     p.add_argument("--workers", type=_positive_int, default=2, help="videos decoded in parallel (default: 2)")
     p.add_argument("--no-resume", action="store_true", help="extract again videos whose output file exists")
     p.add_argument("--json", action="store_true", help="print the manifest records of this run as JSON")
@@ -660,6 +669,7 @@ def build_parser(command=None):
     p.add_argument("--num-crops", type=int, choices=(1, 3), default=None,
                    help="spatial crops per window (default: the preset's, as evaluate)")
     p.add_argument("--batch-size", type=_positive_int, default=8, help="views per forward pass (default: 8)")
+    _add_dtype_arg(p)
     p.add_argument("--out", "-o", default="timeline", help="output folder (default: ./timeline)")
     p.add_argument("--annotate", action="store_true", help="also write annotated.mp4 (label and score drawn)")
     p.add_argument("--json", action="store_true", help="print JSON")

@@ -91,7 +91,7 @@ def aggregate_views(view_scores, aggregation):
 def evaluate(model, source, *, preset=None, num_clips=10, num_crops=3, batch_size=None, max_batch_bytes=256 * 2**20,
              apply_softmax=False, aggregation=None, top_k=(1, 5), split=None, class_names=None, data_dir=None,
              on_error="skip", num_workers=None, decode_options=None, return_predictions=False, progress=False,
-             extensions=VIDEO_EXTENSIONS, **overrides):
+             extensions=VIDEO_EXTENSIONS, dtype=None, **overrides):
     """Multi-view testing of `model` over a clip source; returns clip-level and video-level top-k accuracy.
 
     Every video is decoded once (frame-exactly; the union of the frames of its clips), turned into
@@ -123,6 +123,8 @@ def evaluate(model, source, *, preset=None, num_clips=10, num_crops=3, batch_siz
         decode_options: dict for the decoder (`backend`, `max_pixels`, `timeout`, `max_buffer_bytes`).
         return_predictions: also return the per-video averaged scores, labels, names and per-view scores.
         progress: show a tqdm progress bar.
+        dtype: compute dtype of a `VideoClassifier`, `"float32"` or `"bfloat16"` (`VideoClassifier.with_dtype`).
+            Defaults to None: the model's own. Scores are averaged in float64 either way.
         **overrides: preprocessing keys (e.g. `num_frames=32, sampling_rate=2, test_crop=224`).
 
     Returns:
@@ -136,6 +138,11 @@ def evaluate(model, source, *, preset=None, num_clips=10, num_crops=3, batch_siz
         >>> result["video_top1"], result["clip_top1"]
     """
     top_k = _check_arguments(on_error, num_clips, num_crops, batch_size, top_k)
+    if dtype is not None:
+        if not hasattr(model, "with_dtype"):
+            raise ValueError(f"`dtype` applies to a VideoClassifier; build other models under the dtype policy you "
+                             f"want. Received: dtype={dtype!r} for a {type(model).__name__}")
+        model = model.with_dtype(dtype)
     if preset is None and hasattr(model, "preprocessor"):
         preset = model.preprocessor.config
     config = preprocessing.resolve_preprocessing(preset, test_num_clips=num_clips, test_num_crops=num_crops,
@@ -276,6 +283,8 @@ class _ViewBatcher:
         x = np.concatenate([v for _, v in chunk])  # (B, T, S, S, 3), B <= views_per_batch
         x = transforms.normalize(x, mean=c["mean"], std=c["std"], scale=c["scale"], channel_order=c["channel_order"])
         y = np.asarray(self.predict(x))
+        if y.dtype not in (np.float32, np.float64):
+            y = y.astype(np.float32)  # e.g. bfloat16 outputs of a model built under mixed_bfloat16
         if y.ndim != 2 or y.shape[0] != x.shape[0]:
             raise ValueError(f"The model must return (batch, num_classes) scores. Received: output shape {y.shape}")
         if self.apply_softmax:

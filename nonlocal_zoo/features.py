@@ -222,11 +222,13 @@ def feature_model(model, layer="pool5"):
         raise ValueError(f"Unknown layer {layer!r} for model '{model.name}'. Choose one of {stages} or any layer "
                          f"name of the model ({len(names)} layers).")
     output = model.get_layer(layer).output
-    if len(output.shape) == 5:
-        output = keras.layers.GlobalAveragePooling3D(name=f"{layer}_mean")(output)  # (B, T, H, W, C) -> (B, C)
+    if len(output.shape) == 5:  # the mean in float32, also of a bfloat16 map
+        output = keras.layers.GlobalAveragePooling3D(dtype="float32", name=f"{layer}_mean")(output)  # -> (B, C)
     elif len(output.shape) != 2:
         raise ValueError(f"Layer {layer!r} outputs shape {tuple(output.shape)}; features need (B, D) or "
                          "(B, T, H, W, C)")
+    if output.dtype != "float32":
+        output = keras.layers.Identity(dtype="float32", name=f"{layer}_float32")(output)  # bfloat16 -> float32
     return keras.Model(model.input, output, name=f"{model.name}_{layer}_features")
 
 
@@ -394,7 +396,7 @@ class _Batcher:
 # ---------------------------------------------------------------------------------------------------- features
 def extract_features(videos, model, *, layer="pool5", window=None, stride=None, crop="center",
                      batch_size=DEFAULT_BATCH_SIZE, output_dir=None, shard=None, resume=True, num_workers=2,
-                     progress=None, weights="auto", decode_options=None):
+                     progress=None, weights="auto", decode_options=None, dtype=None):
     """Windowed features of long videos, each row with the exact frames it saw and their timestamps.
 
     The rules (windows, padding, timestamps, pooling) are in the module docstring and docs/long_videos.md.
@@ -417,6 +419,8 @@ def extract_features(videos, model, *, layer="pool5", window=None, stride=None, 
         progress: show tqdm bars (videos and windows, with ETA). Defaults to True when stderr is a terminal.
         weights: passed to `load_model` when `model` is a name. Defaults to `"auto"`.
         decode_options: `SeekReader` options (`backend`, `timeout`, `num_threads`, `max_pixels`).
+        dtype: compute dtype, `"float32"` or `"bfloat16"` (see `VideoClassifier.with_dtype`). Defaults to the
+            model's own. Features are float32 either way (the time/space mean is taken in float32).
 
     Returns:
         With `output_dir`: the manifest records written by this call (one dict per video; skipped videos are
@@ -433,7 +437,7 @@ def extract_features(videos, model, *, layer="pool5", window=None, stride=None, 
         >>> z["features"].shape, z["frame_indices"].shape, z["timestamps"][0]
         ((25, 128), (25, 8), array([0.  , 0.32]))
     """
-    clf, spec = as_classifier(model, weights)
+    clf, spec = as_classifier(model, weights, dtype)
     if crop not in CROPS:
         raise ValueError(f"`crop` must be one of {CROPS}. Received: crop={crop!r}")
     batch_size = _positive("batch_size", batch_size)
@@ -447,7 +451,7 @@ def extract_features(videos, model, *, layer="pool5", window=None, stride=None, 
         "model": spec, "preset": clf.preset, "layer": layer, "window": plan0.span, "stride": plan0.stride,
         "num_frames": plan0.num_frames, "sampling_rate": plan0.sampling_rate, "sampling": config["sampling"],
         "crop": crop, "test_short_side": config["test_short_side"], "test_crop": config["test_crop"],
-        "padding": PADDING_RULE, "nonlocal_zoo": __version__,
+        "padding": PADDING_RULE, "nonlocal_zoo": __version__, "dtype": clf.inference_dtype,
     }
     network = feature_model(clf, layer)
     views = WindowViews(clf.preprocessor, crop)
@@ -511,14 +515,15 @@ def extract_features(videos, model, *, layer="pool5", window=None, stride=None, 
     return results if output_dir is None else records
 
 
-def as_classifier(model, weights="auto"):
-    """`(VideoClassifier, name)` of a classifier or of what `nonlocal_zoo.inference.load_model` takes."""
+def as_classifier(model, weights="auto", dtype=None):
+    """`(VideoClassifier, name)` of a classifier or of what `nonlocal_zoo.inference.load_model` takes, computing in
+    `dtype` (None: the model's own)."""
     if isinstance(model, VideoClassifier):
-        return model, model.preset or model.name
+        return model.with_dtype(dtype), model.preset or model.name
     if isinstance(model, (str, os.PathLike)):
         from nonlocal_zoo.inference import load_model
 
-        return load_model(os.fspath(model), weights=weights), os.fspath(model)
+        return load_model(os.fspath(model), weights=weights, dtype=dtype), os.fspath(model)
     raise ValueError(f"`model` must be a VideoClassifier or a model name/path. Received: {type(model).__name__}")
 
 

@@ -31,7 +31,7 @@ PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 1
 
 
 def timeline(video, model, *, stride=None, window=None, top_k=5, num_crops=None, batch_size=8, out_dir=None,
-             annotate=False, plot_classes=5, weights="auto", decode_options=None):
+             annotate=False, plot_classes=5, weights="auto", decode_options=None, dtype=None):
     """Top-k classes per window of a video, with frames and timestamps; optionally written as JSON/CSV/PNG/MP4.
 
     Args:
@@ -48,6 +48,7 @@ def timeline(video, model, *, stride=None, window=None, top_k=5, num_crops=None,
         plot_classes: classes drawn in the PNG at most. Defaults to 5.
         weights: passed to `load_model` when `model` is a name.
         decode_options: `SeekReader` options.
+        dtype: compute dtype, `"float32"` or `"bfloat16"` (`VideoClassifier.with_dtype`). Defaults to the model's.
 
     Returns:
         A dict: `video`, `model`, settings, `labels`, `scores` (float64 `(W, num_classes)`), `frame_indices`
@@ -57,7 +58,7 @@ def timeline(video, model, *, stride=None, window=None, top_k=5, num_crops=None,
     Raises:
         ValueError: bad arguments or an unreadable video (`VideoDecodeError`).
     """
-    clf, spec = as_classifier(model, weights)
+    clf, spec = as_classifier(model, weights, dtype)
     pre = clf.preprocessor
     config = pre.config
     num_crops = config["test_num_crops"] if num_crops is None else num_crops

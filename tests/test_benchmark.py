@@ -48,6 +48,25 @@ def test_quick_block_and_chunking_sections_in_process(tmp_path):
     assert "## NonLocalBlock vs pytorchvideo NonLocal" in report and "## Exact memory-bounded attention" in report
 
 
+def test_quick_precision_section_in_process():
+    """The bfloat16 path of the quick mode: the task API's predict path in both dtypes, real deviations."""
+    from nonlocal_zoo.tasks import precision
+
+    results = benchmark.run(quick=True, sections=("precision",), log=lambda m: None)
+    section = results["precision"]
+    if not precision.bf16_support()[0]:
+        assert section["skipped"].startswith("no bfloat16 hardware") and not section["rows"]
+        return
+    demo_row, tiny = section["rows"]
+    assert demo_row["clips"] == 24 and demo_row["top1_agreement"] == 1.0
+    assert demo_row["accuracy_bfloat16"] == demo_row["accuracy_float32"]
+    for row in (demo_row, tiny):
+        assert 0 < row["max_prob_diff"] <= 0.03 and 0 < row["max_rel_logit_diff"] <= 0.05  # bf16 really ran
+        assert row["times"]["float32"]["median_s"] > 0 and row["times"]["bfloat16"]["median_s"] > 0
+    report = benchmark.render_markdown(results, "test")
+    assert "## bfloat16 inference" in report and "| demo (held-out clips) | packaged |" in report
+
+
 def test_cli_errors():
     with pytest.raises(SystemExit):
         cli.main(["benchmark", "--threads", "0"])
@@ -70,7 +89,7 @@ def test_quick_mode_writes_its_table_and_not_results_md(tmp_path):
     assert set(results) >= set(benchmark.SECTIONS)
     text = output.read_text()
     for title in ("## Machine", "## Dense matmul peak", "## NonLocalBlock vs", "## Exact memory-bounded attention",
-                  "## Full models, forward", "## Input pipeline", "## Keras backends"):
+                  "## Full models, forward", "## bfloat16 inference", "## Input pipeline", "## Keras backends"):
         assert title in text, title
     for backend in ("jax", "torch"):
         row = results["backends"]["rows"][backend]

@@ -16,6 +16,9 @@ Sections (`--sections`, default all):
 - `models`: I3D-NL5 R50 and C2D R50 forward, batch 1 and 8, 8x224x224 and 32x224x224, clips/s against the
   equivalent pytorchvideo `create_resnet` (+ `NonLocal`) model; eager, `tf.function`, XLA; float32 and bfloat16;
   achieved GFLOP/s from the analytic MAC count (`nonlocal_zoo.models.flops`) against the matmul peak.
+- `precision`: bfloat16 inference through the task API (`VideoClassifier(dtype="bfloat16")`) against float32: the
+  demo model on its held-out clips (top-1 agreement, score deviations) and a full-size I3D-NL5 R50 (random weights),
+  predict-path speed-up (`nonlocal_zoo.benchmark.precision`).
 - `pipeline`: the input pipeline in clips/s (`nonlocal_zoo.benchmark.pipeline`) against the models' consumption
   rate and plain OpenCV decoding.
 - `backends`: the same block and a tiny backbone under KERAS_BACKEND=jax and =torch (one process each), time and
@@ -58,6 +61,7 @@ from nonlocal_zoo.benchmark.config import (
 from nonlocal_zoo.benchmark.machine import bench_matmul, machine_info
 from nonlocal_zoo.benchmark.models import bench_models, keras_model, torch_model_like
 from nonlocal_zoo.benchmark.pipeline import bench_pipeline, measure_pipeline, plain_opencv, write_clips
+from nonlocal_zoo.benchmark.precision import bench_precision, randomize_weights
 from nonlocal_zoo.benchmark.report import GENERATED_END, GENERATED_START, render_markdown, write_report
 from nonlocal_zoo.benchmark.runner import run, run_and_report
 from nonlocal_zoo.benchmark.timing import (
@@ -73,10 +77,10 @@ from nonlocal_zoo.benchmark.timing import (
 __all__ = [
     "BLOCK_SHAPES", "CHUNK_SHAPES", "DEFAULT_OUTPUT", "FULL", "GENERATED_END", "GENERATED_START", "MODELS", "QUICK",
     "SECTIONS", "TINY_ARCH", "affinity_bytes", "backend_fixture", "bench_backends", "bench_block", "bench_chunking",
-    "bench_matmul", "bench_models", "bench_pipeline", "block_callables", "configure_threads", "import_pytorchvideo",
+    "bench_matmul", "bench_models", "bench_pipeline", "bench_precision", "block_callables", "configure_threads", "import_pytorchvideo",
     "import_torch", "input_gradient", "keras_model", "machine_info", "make_block", "measure_memory",
     "measure_pipeline", "median", "peak_memory", "plain_opencv", "probe_backend", "probe_block_memory",
-    "random_block_weights", "render_markdown", "run", "run_and_report", "run_probes", "time_interleaved",
+    "random_block_weights", "randomize_weights", "render_markdown", "run", "run_and_report", "run_probes", "time_interleaved",
     "torch_block_callable", "torch_block_like", "torch_model_like", "write_clips", "write_report",
 ]
 

@@ -7,7 +7,7 @@ Example:
 """
 import os
 
-SECTIONS = ("machine", "matmul", "block", "chunking", "models", "pipeline", "backends")
+SECTIONS = ("machine", "matmul", "block", "chunking", "models", "precision", "pipeline", "backends")
 DEFAULT_OUTPUT = os.path.join("benchmarks", "RESULTS.md")
 
 # Block shapes (T, H, W, C) of the official networks at a 224 crop. 8x8 (repo geometry) and 32x2 (paper geometry)
@@ -35,6 +35,8 @@ FULL = {
     "warmup": 1, "repeats": 5, "block_batch": 2, "block_shapes": BLOCK_SHAPES, "memory_shapes": 2,
     "chunk_shapes": CHUNK_SHAPES, "budget_mb": 64, "matmul_size": 2048, "models": MODELS, "model_batches": (1, 8),
     "model_size": 224, "model_repeats": 3, "model_warmup": 1, "backend_shape": (4, 14, 14, 256),
+    "precision_clips_per_class": 20, "precision_demo_batch": 8, "precision_batch": 1, "precision_inputs": 4,
+    "precision_repeats": 5, "precision_models": (("I3D-NL5 R50", "i3d_nl5_r50_8x8_kinetics400", (8, 224, 224, 3)),),
 }
 # CI: tiny shapes, the same code paths; < 60 s on two cores.
 QUICK = {
@@ -42,6 +44,8 @@ QUICK = {
     "memory_shapes": 1, "chunk_shapes": {"tiny long clip (T=8, 28x28, C=16)": (8, 28, 28, 16)}, "budget_mb": 2,
     "matmul_size": 256, "models": (("tiny I3D-NL", "tiny", 4),), "model_batches": (2,), "model_size": 32,
     "model_repeats": 2, "model_warmup": 1, "backend_shape": (2, 6, 6, 16),
+    "precision_clips_per_class": 2, "precision_demo_batch": 8, "precision_batch": 2, "precision_inputs": 4,
+    "precision_repeats": 2, "precision_models": (("tiny I3D-NL", "tiny_nl_i3d", (4, 32, 32, 3)),),
 }
 # A reduced I3D-NL backbone for the quick mode and the backend checks (same builder, same code paths). Few distinct
 # weight shapes: JAX compiles its random initializers once per shape, seconds each on a loaded machine.

@@ -41,7 +41,7 @@ def render_markdown(results, command):
             f"({'quick' if results['config']['quick'] else 'full'} mode, {results['config']['threads']} threads, "
             f"wall {results['wall_s']:.0f} s). Times are medians of interleaved runs; "
             "**speed-up = PyTorch time / our time** (> 1: we are faster).", ""]
-    for section in ("machine", "matmul", "block", "chunking", "models", "pipeline", "backends"):
+    for section in ("machine", "matmul", "block", "chunking", "models", "precision", "pipeline", "backends"):
         if section in results:
             out += _RENDERERS[section](results)
     return "\n".join(out)
@@ -139,6 +139,28 @@ def _render_models(results):
     return out
 
 
+def _render_precision(results):
+    """Markdown lines of bfloat16 inference through the task API."""
+    section = results["precision"]
+    out = ["## bfloat16 inference (`VideoClassifier` predict path, bfloat16 vs float32)", ""]
+    if section.get("skipped"):
+        return out + [f"Skipped: {section['skipped']}.", ""]
+    out += [f"Hardware: {section['hardware']}. Same float32 weights; compute in bfloat16 with the non-local "
+            "attention, BatchNormalization and the head in float32. Max |dp|: largest difference of a class "
+            "probability; max rel dlogit: largest logit difference / the clip's largest |logit|.", "",
+            "| model | weights | clip | clips | top-1 agreement | accuracy float32 / bfloat16 | max abs dp | "
+            "max rel dlogit | batch | ms float32 / bfloat16 | speed-up |", "|---" * 11 + "|"]
+    for r in section["rows"]:
+        accuracy = (f"{100 * r['accuracy_float32']:.1f}% / {100 * r['accuracy_bfloat16']:.1f}%"
+                    if "accuracy_float32" in r else "n/a")
+        out.append(f"| {r['model']} | {r['weights']} | {r['clip']} | {r['clips']} | "
+                   f"{100 * r['top1_agreement']:.1f}% | {accuracy} | {r['max_prob_diff']:.4f} | "
+                   f"{100 * r['max_rel_logit_diff']:.2f}% | {r['batch']} | {_ms(r['times']['float32'])} / "
+                   f"{_ms(r['times']['bfloat16'])} | {r['speedup']:.2f}x |")
+    out.append("")
+    return out
+
+
 def _render_pipeline(results):
     """Markdown lines of the input pipeline."""
     out = []
@@ -185,6 +207,7 @@ _RENDERERS = {
     "block": _render_block,
     "chunking": _render_chunking,
     "models": _render_models,
+    "precision": _render_precision,
     "pipeline": _render_pipeline,
     "backends": _render_backends,
 }

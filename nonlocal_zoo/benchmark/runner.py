@@ -17,6 +17,7 @@ from nonlocal_zoo.benchmark.config import DEFAULT_OUTPUT, FULL, QUICK, SECTIONS
 from nonlocal_zoo.benchmark.machine import bench_matmul, machine_info
 from nonlocal_zoo.benchmark.models import bench_models
 from nonlocal_zoo.benchmark.pipeline import bench_pipeline
+from nonlocal_zoo.benchmark.precision import bench_precision
 from nonlocal_zoo.benchmark.report import render_markdown, write_report
 from nonlocal_zoo.benchmark.timing import configure_threads
 
@@ -69,6 +70,8 @@ def _run_section(section, cfg, results, log):
         return bench_chunking(cfg, log)
     if section == "models":
         return bench_models(cfg, results.get("matmul") or bench_matmul(cfg), log)
+    if section == "precision":
+        return bench_precision(cfg, log)
     if section == "pipeline":
         return bench_pipeline(cfg, results.get("models"), log)
     if section == "backends":

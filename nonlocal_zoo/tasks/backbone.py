@@ -16,6 +16,7 @@ import keras
 from nonlocal_zoo.models.arch import normalize_arch, validate_input_shape
 from nonlocal_zoo.models.backbone import apply_backbone
 from nonlocal_zoo.presets import get_preset
+from nonlocal_zoo.tasks import precision
 
 
 @keras.saving.register_keras_serializable(package="nonlocal_zoo")
@@ -28,7 +29,11 @@ class NonLocalResNetBackbone(keras.Model):
             `(None, None, None, 3)`.
         preset: the registry name the architecture came from (kept in the config; `None` for a custom one).
         name: the Keras model name. Defaults to `"nonlocal_resnet_backbone"`.
-        **kwargs: `keras.Model` arguments (`dtype`, `trainable`).
+        dtype: the compute dtype, `"float32"` or `"bfloat16"` (Keras' `mixed_bfloat16` policy: float32 weights,
+            bfloat16 arithmetic, the non-local attention and BatchNormalization in float32; refused on hardware
+            without bfloat16, see `nonlocal_zoo.tasks.precision`). Defaults to None: the global Keras policy. Not
+            part of the config (a runtime choice; the weights are float32 either way).
+        **kwargs: `keras.Model` arguments (`trainable`).
 
     Example:
         >>> backbone = NonLocalResNetBackbone(get_preset("tiny_nl_i3d")["arch"], clip_shape=(4, 32, 32, 3))
@@ -36,13 +41,14 @@ class NonLocalResNetBackbone(keras.Model):
         True
     """
 
-    def __init__(self, arch=None, *, clip_shape=(None, None, None, 3), preset=None, name=None, **kwargs):
+    def __init__(self, arch=None, *, clip_shape=(None, None, None, 3), preset=None, name=None, dtype=None, **kwargs):
         arch = normalize_arch(**(arch or {}))
         clip_shape = tuple(None if s is None else int(s) for s in clip_shape)
         validate_input_shape(arch, clip_shape)
-        inputs = keras.Input(shape=clip_shape, name="clip")
-        stages = apply_backbone(inputs, **arch)  # {"res2": (B, T2, H2, W2, C2), ..., "res5": ...}
-        super().__init__(inputs, stages[list(stages)[-1]], name=name or "nonlocal_resnet_backbone", **kwargs)
+        with precision.policy_scope(precision.policy_name(dtype)):  # every layer and the model take the policy
+            inputs = keras.Input(shape=clip_shape, name="clip")
+            stages = apply_backbone(inputs, **arch)  # {"res2": (B, T2, H2, W2, C2), ..., "res5": ...}
+            super().__init__(inputs, stages[list(stages)[-1]], name=name or "nonlocal_resnet_backbone", **kwargs)
         # Kept as JSON text: Keras tracks dicts and lists set on a model (and deep-copying a tracked container
         # copies the whole model), while the architecture is plain data.
         self._arch_json = json.dumps(arch)
@@ -64,12 +70,13 @@ class NonLocalResNetBackbone(keras.Model):
         return cls(**config)
 
     @classmethod
-    def from_preset(cls, preset, *, clip_shape=None, **arch_overrides):
+    def from_preset(cls, preset, *, clip_shape=None, dtype=None, **arch_overrides):
         """The backbone of a registry preset (architecture only; weights come with `VideoClassifier.from_preset`).
 
         Args:
             preset: a preset name (`nonlocal_zoo.list_models()`, `"demo"`, `"tiny_nl_i3d"`).
             clip_shape: defaults to `(num_frames, None, None, 3)` of the preset.
+            dtype: `"float32"` or `"bfloat16"` (see the class). Defaults to the global Keras policy.
             **arch_overrides: architecture keys replacing the preset's (e.g. `nonlocal_chunk_size=1024`).
 
         Example:
@@ -78,4 +85,4 @@ class NonLocalResNetBackbone(keras.Model):
         entry = get_preset(preset)
         if clip_shape is None:
             clip_shape = (entry["preprocessing"]["num_frames"], None, None, 3)
-        return cls({**entry["arch"], **arch_overrides}, clip_shape=clip_shape, preset=preset)
+        return cls({**entry["arch"], **arch_overrides}, clip_shape=clip_shape, preset=preset, dtype=dtype)

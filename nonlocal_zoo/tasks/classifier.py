@@ -28,6 +28,7 @@ from nonlocal_zoo.models.arch import feature_shapes
 from nonlocal_zoo.models.classifier import apply_head
 from nonlocal_zoo.presets import PRESETS, get_preset
 from nonlocal_zoo.pretrained.convert import load_keras_model
+from nonlocal_zoo.tasks import precision
 from nonlocal_zoo.tasks import presets as preset_io
 from nonlocal_zoo.tasks.backbone import NonLocalResNetBackbone
 from nonlocal_zoo.tasks.preprocessor import VideoClassifierPreprocessor, softmax
@@ -97,10 +98,15 @@ class VideoClassifier(keras.Model):
         # the fully-convolutional head's pool5 window is the res5 size of a training clip
         train = preprocessor.config
         train_res5 = feature_shapes(backbone.arch, (train["num_frames"], train["train_crop"], train["train_crop"], 3))
-        outputs = apply_head(backbone.output, classes=len(labels), dropout_rate=dropout,
-                             classifier_activation=activation, fully_convolutional=fully_convolutional,
-                             pool_size=train_res5[backbone.stage_names[-1]][:3])  # (B, num_classes)
-        super().__init__(backbone.input, outputs, name=name or preset or "video_classifier", **kwargs)
+        bf16 = precision.is_bfloat16(backbone.dtype_policy)
+        # Under bfloat16 the head (pool5 mean, pred, softmax) runs in float32: its cost is negligible and the scores
+        # are accumulated and normalised in float32.
+        with precision.policy_scope("float32" if bf16 else None):
+            outputs = apply_head(backbone.output, classes=len(labels), dropout_rate=dropout,
+                                 classifier_activation=activation, fully_convolutional=fully_convolutional,
+                                 pool_size=train_res5[backbone.stage_names[-1]][:3])  # (B, num_classes)
+        with precision.policy_scope(backbone.dtype_policy.name if bf16 else None):
+            super().__init__(backbone.input, outputs, name=name or preset or "video_classifier", **kwargs)
         self.backbone = backbone
         self.preprocessor = preprocessor
         self.labels = tuple(labels)
@@ -176,6 +182,24 @@ class VideoClassifier(keras.Model):
             >>> clf.save_to_preset("runs/my_model")
         """
         return preset_io.save_to_preset(self, preset_dir)
+
+    @property
+    def inference_dtype(self):
+        """`"bfloat16"` for a classifier that computes in bfloat16 (`dtype="bfloat16"`), else `"float32"`."""
+        return "bfloat16" if precision.is_bfloat16(self.backbone.dtype_policy) else "float32"
+
+    def with_dtype(self, dtype):
+        """This classifier computing in `dtype` (`"float32"` or `"bfloat16"`) with the same weights, preprocessing and
+        labels; `self` when it already does. bfloat16 is refused on hardware without it (`ValueError`).
+
+        Example:
+            >>> fast = VideoClassifier.from_preset("demo").with_dtype("bfloat16")
+        """
+        policy = precision.policy_name(dtype)
+        if policy is None or precision.is_bfloat16(policy) == (self.inference_dtype == "bfloat16"):
+            return self
+        return _adapt(self, weights=None, num_classes=None, labels=None, format=None, preprocessing=None,
+                      dtype=policy)
 
     def with_clip_shape(self, clip_shape):
         """This classifier rebuilt for another input size `(T, H, W, 3)` (e.g. a fixed size for TFLite), with the
@@ -275,7 +299,7 @@ def _check_labels(labels, num_classes):
 
 # ----------------------------------------------------------------------------------------------------------- resolve
 def resolve(spec, *, weights="auto", num_classes=None, labels=None, format=None, preset=None, clip_shape=None,
-            preprocessing=None, require_weights=False, dropout=None, **arch_overrides):
+            preprocessing=None, require_weights=False, dropout=None, dtype=None, **arch_overrides):
     """The `VideoClassifier` a user names: a registry preset, a preset directory, a `.keras` file or `hf://`.
 
     Args:
@@ -294,6 +318,11 @@ def resolve(spec, *, weights="auto", num_classes=None, labels=None, format=None,
         preprocessing: dict of preprocessing keys overriding the preset's (e.g. `{"test_num_clips": 1}`).
         require_weights: refuse `weights="auto"` for a preset without weights (what the CLI wants).
         dropout: dropout rate before `pred` of a registry preset's model (default: the preset's, else 0.5).
+        dtype: the compute dtype, `"float32"` or `"bfloat16"` (None: float32). bfloat16 computes the network in
+            bfloat16 with float32 weights, attention, normalization and head (`nonlocal_zoo.tasks.precision`); it is
+            refused with a `ValueError` naming the CPU flags found where the hardware has no bfloat16. The dtype is
+            a runtime choice, not saved: `save_to_preset` and `.keras` files describe the float32 model, which
+            loads on any machine; ask for bfloat16 again when loading.
         **arch_overrides: architecture keys replacing the preset's (e.g. `nonlocal_chunk_size=1024`).
 
     Returns:
@@ -305,6 +334,7 @@ def resolve(spec, *, weights="auto", num_classes=None, labels=None, format=None,
     Example:
         >>> clf = resolve("i3d_nl5_r50_8x8_kinetics400")
     """
+    policy = precision.policy_name(dtype)  # refused here, before any work, where bfloat16 is not supported
     if not isinstance(spec, (str, os.PathLike)) or not os.fspath(spec):
         raise ValueError("`model` must be 'demo', a preset name, a preset directory, a .keras file or hf://org/repo. "
                          f"Received: model={spec!r}")
@@ -322,19 +352,19 @@ def resolve(spec, *, weights="auto", num_classes=None, labels=None, format=None,
         spec = os.fspath(resolve_hf(spec))
     if spec in preset_io.registry_names() and not os.path.exists(spec):
         return _from_registry(spec, clip_shape=clip_shape, preprocessing=preprocessing, dropout=dropout,
-                              require_weights=require_weights, arch_overrides=arch_overrides, **common)
+                              require_weights=require_weights, arch_overrides=arch_overrides, dtype=policy, **common)
     if os.path.isdir(spec):
         if not os.path.isfile(os.path.join(spec, preset_io.CONFIG_FILE)):
             raise ValueError(f"{spec!r} is a folder but not a preset directory (no {preset_io.CONFIG_FILE}; write one "
                              f"with VideoClassifier.save_to_preset). Received: model={spec!r}")
         clf = _from_directory(spec, weights=weights)
-        return _adapt(clf, preprocessing=preprocessing, clip_shape=clip_shape, **common)
+        return _adapt(clf, preprocessing=preprocessing, clip_shape=clip_shape, dtype=policy, **common)
     if os.path.isfile(spec):
         if not spec.endswith(".keras"):
             raise ValueError("A model file must be a saved `.keras` model or a preset directory; for a weights file "
                              f"use `--model PRESET --weights FILE`. Received: model={spec!r}")
         clf = _from_keras_file(spec, preset=preset, weights=weights)
-        return _adapt(clf, preprocessing=preprocessing, clip_shape=clip_shape, **common)
+        return _adapt(clf, preprocessing=preprocessing, clip_shape=clip_shape, dtype=policy, **common)
     close = difflib.get_close_matches(spec, ["demo", *sorted(PRESETS)], n=3, cutoff=0.5)
     hint = f" Did you mean {close}?" if close else " See `nonlocal-zoo list`."
     raise ValueError(f"Unknown preset: not a preset name, a preset directory or an existing .keras file.{hint} "
@@ -342,7 +372,7 @@ def resolve(spec, *, weights="auto", num_classes=None, labels=None, format=None,
 
 
 def _from_registry(name, *, weights, num_classes, labels, format, clip_shape, preprocessing, require_weights,
-                   arch_overrides, dropout=None):
+                   arch_overrides, dropout=None, dtype=None):
     entry = get_preset(name)
     published = entry["weights"]
     if weights == "auto":
@@ -363,7 +393,8 @@ def _from_registry(name, *, weights, num_classes, labels, format, clip_shape, pr
     pre = VideoClassifierPreprocessor(entry["preprocessing"], **(preprocessing or {}))
     if clip_shape is None:
         clip_shape = (pre.num_frames, None, None, 3)
-    backbone = NonLocalResNetBackbone({**entry["arch"], **arch_overrides}, clip_shape=clip_shape, preset=name)
+    backbone = NonLocalResNetBackbone({**entry["arch"], **arch_overrides}, clip_shape=clip_shape, preset=name,
+                                      dtype=dtype)
     head = entry.get("head") or {}
     clf = VideoClassifier(backbone, preprocessor=pre, labels=labels, preset=name, name=name,
                           dropout=head.get("dropout", 0.5) if dropout is None else dropout)
@@ -419,15 +450,19 @@ def _from_keras_file(path, *, preset, weights):
     return model
 
 
-def _adapt(clf, *, weights, num_classes, labels, format, preprocessing, clip_shape=None):
-    """A loaded classifier with another head (`num_classes`/`labels`), input size or preprocessing overrides."""
+def _adapt(clf, *, weights, num_classes, labels, format, preprocessing, clip_shape=None, dtype=None):
+    """A loaded classifier with another head (`num_classes`/`labels`), input size, preprocessing overrides or compute
+    dtype (a policy name from `precision.policy_name`; None keeps the classifier's)."""
     del weights, format
     new_labels = labels if labels is not None else (
         [f"class_{i}" for i in range(num_classes)] if num_classes not in (None, clf.num_classes) else None)
     clip_shape = None if clip_shape is None or tuple(clip_shape) == tuple(clf.backbone.clip_shape) else clip_shape
-    if new_labels is None and not preprocessing and clip_shape is None:
+    was_bf16 = clf.inference_dtype == "bfloat16"
+    same_dtype = dtype is None or precision.is_bfloat16(dtype) == was_bf16
+    if new_labels is None and not preprocessing and clip_shape is None and same_dtype:
         return clf
-    if new_labels is not None and len(new_labels) == clf.num_classes and not preprocessing and clip_shape is None:
+    if new_labels is not None and len(new_labels) == clf.num_classes and not preprocessing and clip_shape is None \
+            and same_dtype:
         clf.labels = tuple(new_labels)  # renamed classes, same head
         return clf
     config = clf.get_config()
@@ -440,6 +475,7 @@ def _adapt(clf, *, weights, num_classes, labels, format, preprocessing, clip_sha
     backbone_config = clf.backbone.get_config()
     if clip_shape is not None:
         backbone_config["clip_shape"] = list(clip_shape)
+    backbone_config["dtype"] = dtype if dtype is not None else ("mixed_bfloat16" if was_bf16 else None)
     config["backbone"] = NonLocalResNetBackbone.from_config(backbone_config)
     same_head = new_labels is None or len(new_labels) == clf.num_classes
     config["labels"] = list(new_labels) if new_labels is not None else list(clf.labels)
