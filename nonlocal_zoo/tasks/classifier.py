@@ -163,11 +163,12 @@ class VideoClassifier(keras.Model):
             weights: `"auto"` (published weights of a pretrained preset, the embedded weights of `"demo"`, the
                 saved weights of a directory; random for an architecture-only preset), None (random),
                 `"kinetics400"`, or a weights file / `hf://` handle to load into the preset's architecture.
-            **kwargs: see `nonlocal_zoo.tasks.presets.resolve` (`num_classes`, `labels`, `format`, `clip_shape`,
-                `preprocessing`, ...).
+            **kwargs: see `resolve` (`num_classes`, `labels`, `format`, `clip_shape`, `preprocessing`,
+                `dtype="bfloat16"` for bfloat16 inference, ...).
 
         Example:
             >>> clf = VideoClassifier.from_preset("i3d_nl5_r50_32x2_kinetics400")   # downloads and converts once
+            >>> fast = VideoClassifier.from_preset("demo", dtype="bfloat16")  # CPUs with avx512_bf16 / amx_bf16
         """
         return resolve(preset, weights=weights, **kwargs)
 
