@@ -515,36 +515,24 @@ def _command_of(argv):
     return next((a for a in argv if not a.startswith("-")), None)
 
 
-def build_parser(command=None):
-    """The `nonlocal-zoo` argument parser (subcommands listed in the module docstring).
-
-    Args:
-        command: the subcommand about to run; `"finetune"` and `"benchmark"` add their options (importing the
-            training or benchmark package), otherwise only their names are registered so that `--help` stays fast.
-    """
-    def formatter(prog):
-        return argparse.RawDescriptionHelpFormatter(prog, max_help_position=32)
-
-    parser = argparse.ArgumentParser(
-        prog="nonlocal-zoo", formatter_class=formatter,
-        description="Non-local Neural Networks (Wang et al., CVPR 2018) for video classification in Keras 3.",
-        epilog="Start with `nonlocal-zoo demo` (offline). Each command has --help.")
-    from nonlocal_zoo.version import __version__
-
-    parser.add_argument("--version", action="version", version=f"nonlocal-zoo {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show full tracebacks and TensorFlow's start-up logs")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-
+def _add_list_command(sub, formatter):
+    """The `list` subcommand."""
     p = sub.add_parser("list", help="list the model presets", description="List the model presets.")
     p.add_argument("--pretrained", action="store_true", help="only presets with published weights")
     p.add_argument("--json", action="store_true", help="print a JSON list")
     p.set_defaults(handler=_cmd_list)
 
+
+def _add_info_command(sub, formatter):
+    """The `info` subcommand."""
     p = sub.add_parser("info", help="architecture, parameters, MACs, weights and licence of a preset",
                        description="Show a preset's model card (or 'demo').")
     p.add_argument("name", help="preset name or 'demo'")
     p.set_defaults(handler=_cmd_info)
 
+
+def _add_classify_command(sub, formatter):
+    """The `classify` subcommand."""
     p = sub.add_parser("classify", help="top-k labels of video files", formatter_class=formatter,
                        description="Classify videos: top-k labels with scores, averaged over the views.",
                        epilog="Example: nonlocal-zoo classify clip.mp4 --model i3d_nl5_r50_8x8_kinetics400 "
@@ -559,6 +547,9 @@ def build_parser(command=None):
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(handler=_cmd_classify)
 
+
+def _add_evaluate_command(sub, formatter):
+    """The `evaluate` subcommand."""
     p = sub.add_parser("evaluate", help="multi-view accuracy on labelled clips", formatter_class=formatter,
                        description="Clip- and video-level top-1/top-5 accuracy with multi-view testing.")
     p.add_argument("source", help="clip folder (<class>/*.mp4), CSV/list file or tfds:NAME")
@@ -573,8 +564,9 @@ def build_parser(command=None):
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(handler=_cmd_evaluate)
 
-    _add_finetune(sub, formatter, full=command == "finetune")
 
+def _add_convert_command(sub, formatter):
+    """The `convert` subcommand."""
     p = sub.add_parser("convert", help="convert an upstream checkpoint file to Keras weights",
                        description="Convert a downloaded checkpoint (.pkl/.pth/.pyth) of a preset to Keras weights.")
     p.add_argument("source", help="the upstream checkpoint file, or 'kinetics400' for the preset's own (downloaded)")
@@ -583,6 +575,9 @@ def build_parser(command=None):
     p.add_argument("--format", default=None, help="checkpoint format (default: detected from the file)")
     p.set_defaults(handler=_cmd_convert)
 
+
+def _add_download_command(sub, formatter):
+    """The `download` subcommand."""
     p = sub.add_parser("download", help="download a preset's upstream checkpoint into the cache",
                        description="Download a preset's upstream checkpoint (hash-checked, cached); prints its path. "
                                    "Models convert it on first use with weights='kinetics400'.")
@@ -590,6 +585,9 @@ def build_parser(command=None):
     p.add_argument("--offline", action="store_true", help="only check the cache; never use the network")
     p.set_defaults(handler=_cmd_download)
 
+
+def _add_export_command(sub, formatter):
+    """The `export` subcommand."""
     p = sub.add_parser("export", help="export a model (SavedModel, TFLite, ONNX)",
                        description="Export a model for serving: uint8 clips in, probabilities out.")
     _add_model_args(p)
@@ -600,6 +598,9 @@ def build_parser(command=None):
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.set_defaults(handler=_cmd_export)
 
+
+def _add_attention_command(sub, formatter):
+    """The `attention` subcommand."""
     p = sub.add_parser("attention", help="non-local attention map of a query position", formatter_class=formatter,
                        description="Draw where a non-local block attends from one query position of a clip: a PNG "
                                    "contact sheet and an animated GIF of the strongest weights over the frames.",
@@ -615,6 +616,9 @@ def build_parser(command=None):
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(handler=_cmd_attention)
 
+
+def _add_demo_command(sub, formatter):
+    """The `demo` subcommand."""
     p = sub.add_parser("demo", help="offline demo on the embedded motion model (start here)",
                        description="Render synthetic motion clips, classify them with the embedded non-local model, "
                                    "and draw an attention map. Offline; about a minute on a laptop.")
@@ -623,6 +627,9 @@ def build_parser(command=None):
     p.add_argument("--seed", type=int, default=2018, help="seed of the rendered clips (default: 2018)")
     p.set_defaults(handler=_cmd_demo)
 
+
+def _add_features_command(sub, formatter):
+    """The `features` subcommand."""
     p = sub.add_parser("features", help="windowed features of long videos (frame-exact, resumable, shardable)",
                        formatter_class=formatter,
                        description="Cut videos into windows (one clip of the model's protocol each) and write one "
@@ -652,6 +659,9 @@ def build_parser(command=None):
     p.add_argument("--json", action="store_true", help="print the manifest records of this run as JSON")
     p.set_defaults(handler=_cmd_features)
 
+
+def _add_timeline_command(sub, formatter):
+    """The `timeline` subcommand."""
     p = sub.add_parser("timeline", help="per-window top-k classes of a long video (JSON, CSV, PNG, MP4)",
                        formatter_class=formatter,
                        description="Score every window of a video with the classifier (the same views and "
@@ -675,14 +685,50 @@ def build_parser(command=None):
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(handler=_cmd_timeline)
 
-    _add_benchmark(sub, formatter, full=command == "benchmark")
 
+def _add_prepare_command(sub, formatter):
+    """The `prepare` subcommand."""
     p = sub.add_parser("prepare", help="build a TFDS dataset from a folder of clips",
                        description="Decode a clip folder (<class>/*.mp4, optionally under train/ val/) into TFDS.")
     p.add_argument("folder", help="the clip folder")
     p.add_argument("--data-dir", required=True, help="TFDS data directory to write to")
     p.add_argument("--name", default="video_folder", help="dataset name (default: video_folder)")
     p.set_defaults(handler=_cmd_prepare)
+
+
+def build_parser(command=None):
+    """The `nonlocal-zoo` argument parser (subcommands listed in the module docstring).
+
+    Args:
+        command: the subcommand about to run; `"finetune"` and `"benchmark"` add their options (importing the
+            training or benchmark package), otherwise only their names are registered so that `--help` stays fast.
+    """
+    def formatter(prog):
+        return argparse.RawDescriptionHelpFormatter(prog, max_help_position=32)
+
+    parser = argparse.ArgumentParser(
+        prog="nonlocal-zoo", formatter_class=formatter,
+        description="Non-local Neural Networks (Wang et al., CVPR 2018) for video classification in Keras 3.",
+        epilog="Start with `nonlocal-zoo demo` (offline). Each command has --help.")
+    from nonlocal_zoo.version import __version__
+
+    parser.add_argument("--version", action="version", version=f"nonlocal-zoo {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks and TensorFlow's start-up logs")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_list_command(sub, formatter)
+    _add_info_command(sub, formatter)
+    _add_classify_command(sub, formatter)
+    _add_evaluate_command(sub, formatter)
+    _add_finetune(sub, formatter, full=command == "finetune")
+    _add_convert_command(sub, formatter)
+    _add_download_command(sub, formatter)
+    _add_export_command(sub, formatter)
+    _add_attention_command(sub, formatter)
+    _add_demo_command(sub, formatter)
+    _add_features_command(sub, formatter)
+    _add_timeline_command(sub, formatter)
+    _add_benchmark(sub, formatter, full=command == "benchmark")
+    _add_prepare_command(sub, formatter)
     return parser
 
 
