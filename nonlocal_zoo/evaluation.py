@@ -107,7 +107,8 @@ def evaluate(model, source, *, preset=None, num_clips=10, num_crops=3, batch_siz
             zoo's classifiers end with a softmax) or logits (see `apply_softmax`).
         source: a clip folder, CSV/list file, `(path, label)` pairs or TFDS dataset, as in `make_dataset`.
         preset: None, a preset name or a preprocessing dict (clip length, stride, test resize and crop, mean/std,
-            index rules). Defaults to the VideoClassifier's own preprocessing.
+            index rules). Defaults to the VideoClassifier's own preprocessing, else the preset `create_model`
+            recorded on the model, else the official 8x8 protocol (`nonlocal_zoo.data.DEFAULT_PREPROCESSING`).
         num_clips: temporal views per video. Defaults to 10.
         num_crops: spatial views per clip, 1 (centre) or 3 (along the long side). Defaults to 3.
         batch_size: most views per forward pass. Defaults to as many as `max_batch_bytes` allows.
@@ -145,6 +146,10 @@ def evaluate(model, source, *, preset=None, num_clips=10, num_crops=3, batch_siz
         model = model.with_dtype(dtype)
     if preset is None and hasattr(model, "preprocessor"):
         preset = model.preprocessor.config
+    elif preset is None:
+        from nonlocal_zoo.models import preset_of
+
+        preset = preset_of(model)  # what create_model recorded on the model (never its name)
     config = preprocessing.resolve_preprocessing(preset, test_num_clips=num_clips, test_num_crops=num_crops,
                                                  **overrides)
     aggregation = aggregation or config["test_aggregation"]

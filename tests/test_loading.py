@@ -402,7 +402,7 @@ def test_hub_repository_with_one_keras_file(upstream, local_hub, tmp_path, monke
 
 def test_video_classifier_first_load_builds_one_backbone(upstream, conversions, builds, home):
     # The LEAD's task object loads through the same road (`models.weights.load_weights`, its `preset`).
-    tasks = pytest.importorskip("nonlocal_zoo.tasks")
+    import nonlocal_zoo.tasks as tasks
     clf = tasks.VideoClassifier.from_preset(PRESET, weights="kinetics400", clip_shape=SHAPE)
     assert builds.count("apply_backbone") == 1  # one network (build_backbone, if used, applies it once)
     assert len(conversions) == 1 and upstream.requests() == 1

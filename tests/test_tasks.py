@@ -321,3 +321,41 @@ def test_push_to_hub_and_from_preset_hf(tmp_path, monkeypatch, demo_clips):
     np.testing.assert_array_equal(clf.predict(demo_clips), fresh.predict(demo_clips))
     readme = next((hf_home / "hub").glob("models--me--demo/snapshots/*/README.md")).read_text()
     assert "moving_left" in readme and "apache-2.0" in readme
+
+
+def test_evaluate_plain_model_uses_the_preset_create_model_recorded(tmp_path):
+    """A plain create_model model of a gluon-cv preset is evaluated with gluon-cv's protocol (32x2 clips, its mean/std,
+    logit averaging), from the preset the factory recorded on it, not with the default protocol."""
+    from nonlocal_zoo.evaluation import evaluate
+    from nonlocal_zoo.models import create_model
+    from nonlocal_zoo.synthetic import write_clip
+
+    tiny = dict(stem_width=8, stage_depths=[1, 1, 1, 1], stage_widths=[4, 8, 8, 8],
+                temporal_kernels=[[3], [1], [3], [1]], nonlocal_blocks=[[], [0], [0], []])
+    name = "i3d_nl5_r50_32x2_kinetics400_gluoncv"
+    model = create_model(name, input_shape=(32, None, None, 3), classes=3, **tiny)
+    videos = [write_clip(str(tmp_path / f"v{i}.mp4"), _random_video(i, frames=70), fps=10) for i in range(2)]
+    pairs = [(v, i) for i, v in enumerate(videos)]
+    result = evaluate(model, pairs, num_clips=1, num_crops=1, return_predictions=True, num_workers=1,
+                      test_short_side=48, test_crop=48)
+    assert result["aggregation"] == "logits"
+    explicit = evaluate(model, pairs, preset=name, num_clips=1, num_crops=1, return_predictions=True,
+                        num_workers=1, test_short_side=48, test_crop=48)
+    np.testing.assert_array_equal(result["video_scores"], explicit["video_scores"])
+
+
+def test_preprocessor_train_mode(tmp_path):
+    from nonlocal_zoo.synthetic import write_clip
+
+    pre = VideoClassifierPreprocessor.from_preset("tiny_nl_i3d")
+    path = write_clip(str(tmp_path / "t.mp4"), _random_video(5, frames=30, height=60, width=80), fps=10)
+    a = pre([path, path], training=True, rng=3)
+    b = pre([path, path], training=True, rng=3)
+    c = pre([path, path], training=True, rng=4)
+    c_cfg = pre.config
+    assert a.shape == (2, c_cfg["num_frames"], c_cfg["train_crop"], c_cfg["train_crop"], 3) and a.dtype == np.float32
+    np.testing.assert_array_equal(a, b)  # the same generator seed gives the same clips
+    assert np.abs(a - c).max() > 0  # another seed another crop/offset/flip
+    low = (0 - max(c_cfg["mean"])) / min(c_cfg["std"])
+    high = (255 - min(c_cfg["mean"])) / min(c_cfg["std"])
+    assert low - 1e-4 <= a.min() and a.max() <= high + 1e-4  # normalised pixels

@@ -107,7 +107,7 @@ def _validate(config):
     config["scale"] = float(config["scale"])
     if not config["scale"] > 0:
         raise ValueError(f"`scale` must be a positive number (255 or 1). Received: scale={config['scale']!r}")
-    config["train_short_side_range"] = transforms._check_range(config["train_short_side_range"])
+    config["train_short_side_range"] = transforms.check_range(config["train_short_side_range"])
     if config["train_short_side_range"][0] < config["train_crop"]:
         raise ValueError(
             "`train_short_side_range` must not go below `train_crop`. "

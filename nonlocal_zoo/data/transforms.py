@@ -128,13 +128,14 @@ def random_short_side(scale_range, *, rng, sampling="official"):
         311
     """
     _check_sampling(sampling)
-    low, high = _check_range(scale_range)
+    low, high = check_range(scale_range)
     if sampling == "pyslowfast":  # int(round(np.random.uniform(min_size, max_size)))
         return int(round(float(rng.uniform(low, high))))
     return int(rng.integers(low, high, endpoint=True))  # std::uniform_int_distribution<>(min, max)
 
 
-def _check_range(scale_range):
+def check_range(scale_range):
+    """`(low, high)` ints of a short-side range, validated (positive, low <= high); ValueError quoting it otherwise."""
     try:
         low, high = (int(v) for v in scale_range)
     except (TypeError, ValueError):

@@ -62,7 +62,8 @@ def export_model(
         num_calibration_clips: how many clips to generate for `"int8"` calibration. Defaults to 16.
         select_tf_ops: TFLite only: allow Flex (SELECT_TF_OPS) ops for anything builtins cannot express (needs an
             interpreter with the Flex delegate). Defaults to `False`.
-        lower_3d_ops: TFLite only: trace with `tflite_lowering()`. Defaults to `True`.
+        lower_3d_ops: TFLite only: convert `lower_for_tflite(model)` (exact 2-D lowerings of the 3-D pools and
+            separable convolutions, built with `keras.models.clone_model`). Defaults to `True`.
         opset: ONNX opset. Defaults to 17.
         overwrite: replace an existing `out`. Defaults to `False`.
 
