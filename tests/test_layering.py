@@ -120,36 +120,70 @@ def test_no_import_cycles():
     assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
 
 
+def _module_aliases(tree, name, path):
+    """Local names bound to nonlocal_zoo modules in a file: `import nonlocal_zoo.x as y`, `from nonlocal_zoo import x`,
+    `from nonlocal_zoo.data import transforms` -> {local name: module}."""
+    aliases = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith(LAZY_ROOT) and alias.asname:
+                    aliases[alias.asname] = alias.name
+        elif isinstance(node, ast.ImportFrom):
+            for module, names, _ in _imports(name, path):
+                for imported in names:
+                    if f"{module}.{imported}" in MODULES:
+                        aliases[imported] = f"{module}.{imported}"
+    return aliases
+
+
+def _private_uses(name, path):
+    """`from m import _x` and `m._x` (m another nonlocal_zoo module) in a file, as readable strings."""
+    found = []
+    for module, names, line in _imports(name, path):
+        if module == name:
+            continue
+        for imported in names:
+            if imported.startswith("_") and not imported.startswith("__") and f"{module}.{imported}" not in MODULES:
+                found.append(f"{path.relative_to(PACKAGE.parent)}:{line} imports {module}.{imported}")
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    aliases = _module_aliases(tree, name, path)
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases
+                and aliases[node.value.id] != name and node.attr.startswith("_") and not node.attr.startswith("__")):
+            found.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno} uses {aliases[node.value.id]}.{node.attr}")
+    return found
+
+
 def test_no_private_names_across_modules():
-    private = []
-    for name, path in MODULES.items():
-        for module, names, line in _imports(name, path):
-            if module == name:
-                continue
-            for imported in names:
-                if imported.startswith("_") and not imported.startswith("__") and f"{module}.{imported}" not in MODULES:
-                    private.append(f"{path.relative_to(PACKAGE.parent)}:{line} imports {module}.{imported}")
-    assert not private, "private names imported across modules:\n" + "\n".join(private)
+    private = [use for name, path in MODULES.items() for use in _private_uses(name, path)]
+    assert not private, "private names used across modules:\n" + "\n".join(private)
 
 
-@pytest.mark.parametrize("bad, expected", [
-    ("from nonlocal_zoo.models import create_model\n", "imports nonlocal_zoo.models"),
+@pytest.mark.parametrize("files, check, expected", [
+    ({"data/bad.py": "from nonlocal_zoo.models import create_model\n"}, "test_imports_point_down",
+     "imports nonlocal_zoo.models"),
+    ({"data/a.py": "from nonlocal_zoo.data import b\n", "data/b.py": "from nonlocal_zoo.data import a\n"},
+     "test_no_import_cycles", "nonlocal_zoo.data.a -> nonlocal_zoo.data.b -> nonlocal_zoo.data.a"),
+    ({"data/a.py": "def _hidden():\n    pass\n", "data/b.py": "from nonlocal_zoo.data.a import _hidden\n"},
+     "test_no_private_names_across_modules", "imports nonlocal_zoo.data.a._hidden"),
+    ({"data/a.py": "def _hidden():\n    pass\n", "data/b.py": "from nonlocal_zoo.data import a\na._hidden()\n"},
+     "test_no_private_names_across_modules", "uses nonlocal_zoo.data.a._hidden"),
 ])
-def test_the_checker_can_fail(tmp_path, monkeypatch, bad, expected):
-    # a lower-floor file importing upward is reported
-    fake = tmp_path / "nonlocal_zoo" / "data"
-    fake.mkdir(parents=True)
-    (fake / "__init__.py").write_text("")
-    (fake / "bad.py").write_text(bad)
-    (tmp_path / "nonlocal_zoo" / "__init__.py").write_text("")
-    monkeypatch.setattr(__import__(__name__), "PACKAGE", tmp_path / "nonlocal_zoo", raising=False)
-    global MODULES
-    saved = MODULES
+def test_the_checker_can_fail(tmp_path, files, check, expected):
+    """Each rule reports a violation written into a throwaway package."""
+    global MODULES, PACKAGE
+    root = tmp_path / "nonlocal_zoo"
+    (root / "data").mkdir(parents=True)
+    (root / "__init__.py").write_text("")
+    (root / "data" / "__init__.py").write_text("")
+    for rel, text in files.items():
+        (root / rel).write_text(text)
+    saved = PACKAGE, MODULES
     try:
-        globals()["PACKAGE"] = tmp_path / "nonlocal_zoo"
+        PACKAGE = root
         MODULES = dict(_modules())
         with pytest.raises(AssertionError, match=expected):
-            test_imports_point_down()
+            globals()[check]()
     finally:
-        globals()["PACKAGE"] = pathlib.Path(__file__).resolve().parents[1] / "nonlocal_zoo"
-        MODULES = saved
+        PACKAGE, MODULES = saved
