@@ -9,10 +9,10 @@ environment variable `NONLOCAL_ZOO_UNCHECKED_KERAS=1` skips the check (for tryin
 
 | shim | private Keras API | used by |
 |---|---|---|
-| `flatten_layers` | `Layer._flatten_layers` (nested sublayers, e.g. the `bn` of a `NonLocalBlock`) | training |
+| `flatten_layers` | `Layer._flatten_layers` (nested sublayers, e.g. the `bn` of a `NonLocalBlock`) | training, tasks (sync BN) |
 | `patch_model_for_multiworker` | `Trainer._symbolic_build`, `_maybe_symbolic_build` (keras-team/keras#20585) | training |
 | `coupled_weight_decay_mixin` | `BaseOptimizer._use_weight_decay`, `_apply_weight_decay` | training (MomentumSGD) |
-| `override_tf_backend_ops` | `keras.src.backend.tensorflow.nn.{conv, max_pool, average_pool}` | export (`tflite_lowering`) |
+| `override_tf_backend_ops` | `keras.src.backend.tensorflow.nn.{conv, max_pool, average_pool}` | export (`tflite_lowering`, the legacy public context manager; `export_model` does not use it) |
 | `set_instance_call`, `clear_instance_call` | `Layer.__call__` looking `call` up on the instance | attention maps |
 
 Where public API does the job, it is used instead (e.g. `export_model` lowers 3-D ops for TFLite by cloning the
