@@ -67,6 +67,21 @@ def test_quick_precision_section_in_process():
     assert "## bfloat16 inference" in report and "| demo (held-out clips) | packaged |" in report
 
 
+def test_quick_coldstart_section():
+    """The cold start of `classify` in fresh processes: real phases, one trace of the forward pass for 10 views."""
+    results = benchmark.run(quick=True, sections=("coldstart",), log=lambda m: None)
+    (row,) = results["coldstart"]["rows"]
+    assert "error" not in row, row
+    assert row["model"] == "demo" and row["views"] == 10 and row["traces"] == 1
+    phases = row["phases"]
+    assert all(phases[key] > 0 for key in benchmark.coldstart.PHASES)
+    assert phases["import_tensorflow_s"] > phases["import_cli_s"]  # the command line alone does not import TF
+    assert phases["second_predict_s"] < phases["first_predict_s"]  # the first call traces
+    assert row["command_s"] > phases["import_tensorflow_s"]
+    report = benchmark.render_markdown(results, "test")
+    assert "## Cold start of `classify`" in report and "| demo | 10 |" in report
+
+
 def test_cli_errors():
     with pytest.raises(SystemExit):
         cli.main(["benchmark", "--threads", "0"])
@@ -89,7 +104,8 @@ def test_quick_mode_writes_its_table_and_not_results_md(tmp_path):
     assert set(results) >= set(benchmark.SECTIONS)
     text = output.read_text()
     for title in ("## Machine", "## Dense matmul peak", "## NonLocalBlock vs", "## Exact memory-bounded attention",
-                  "## Full models, forward", "## bfloat16 inference", "## Input pipeline", "## Keras backends"):
+                  "## Full models, forward", "## bfloat16 inference", "## Input pipeline", "## Keras backends",
+                  "## Cold start of `classify`"):
         assert title in text, title
     for backend in ("jax", "torch"):
         row = results["backends"]["rows"][backend]

@@ -23,6 +23,9 @@ Sections (`--sections`, default all):
   rate and plain OpenCV decoding.
 - `backends`: the same block and a tiny backbone under KERAS_BACKEND=jax and =torch (one process each), time and
   max |difference| against TensorFlow.
+- `coldstart`: `nonlocal-zoo classify CLIP --model M` of one clip from fresh processes, split into phases (imports,
+  model build, weight load, views, first and second forward pass) and timed end to end
+  (`nonlocal_zoo.benchmark.coldstart`).
 
 Peak memory is the growth of the resident set (Linux `VmHWM`, reset through `/proc/self/clear_refs`) of a fresh
 process over its size before the measured calls; TensorFlow allocations are invisible to `tracemalloc`.
@@ -48,6 +51,7 @@ from nonlocal_zoo.benchmark.block import (
                                           torch_block_like,
 )
 from nonlocal_zoo.benchmark.chunking import affinity_bytes, bench_chunking
+from nonlocal_zoo.benchmark.coldstart import bench_coldstart, measure_coldstart, probe_coldstart
 from nonlocal_zoo.benchmark.config import (
                                           BLOCK_SHAPES,
                                           CHUNK_SHAPES,
@@ -77,9 +81,9 @@ from nonlocal_zoo.benchmark.timing import (
 __all__ = [
     "BLOCK_SHAPES", "CHUNK_SHAPES", "DEFAULT_OUTPUT", "FULL", "GENERATED_END", "GENERATED_START", "MODELS", "QUICK",
     "SECTIONS", "TINY_ARCH", "affinity_bytes", "backend_fixture", "bench_backends", "bench_block", "bench_chunking",
-    "bench_matmul", "bench_models", "bench_pipeline", "bench_precision", "block_callables", "configure_threads", "import_pytorchvideo",
+    "bench_coldstart", "bench_matmul", "bench_models", "bench_pipeline", "bench_precision", "block_callables", "configure_threads", "import_pytorchvideo",
     "import_torch", "input_gradient", "keras_model", "machine_info", "make_block", "measure_memory",
-    "measure_pipeline", "median", "peak_memory", "plain_opencv", "probe_backend", "probe_block_memory",
+    "measure_coldstart", "measure_pipeline", "median", "peak_memory", "plain_opencv", "probe_backend", "probe_block_memory", "probe_coldstart",
     "random_block_weights", "randomize_weights", "render_markdown", "run", "run_and_report", "run_probes", "time_interleaved",
     "torch_block_callable", "torch_block_like", "torch_model_like", "write_clips", "write_report",
 ]

@@ -41,7 +41,7 @@ def render_markdown(results, command):
             f"({'quick' if results['config']['quick'] else 'full'} mode, {results['config']['threads']} threads, "
             f"wall {results['wall_s']:.0f} s). Times are medians of interleaved runs; "
             "**speed-up = PyTorch time / our time** (> 1: we are faster).", ""]
-    for section in ("machine", "matmul", "block", "chunking", "models", "precision", "pipeline", "backends"):
+    for section in ("machine", "matmul", "block", "chunking", "models", "precision", "pipeline", "backends", "coldstart"):
         if section in results:
             out += _RENDERERS[section](results)
     return "\n".join(out)
@@ -201,6 +201,25 @@ def _render_backends(results):
     return out
 
 
+def _render_coldstart(results):
+    """Markdown lines of the cold starts of `classify`."""
+    out = ["## Cold start of `classify` (one clip, fresh processes, median seconds)", "",
+           "Phases measured inside a fresh process; `command` is the wall time of `python -m nonlocal_zoo.cli "
+           "classify CLIP --model M` (interpreter start to exit). Traces: `tf.function` traces of the forward pass.", "",
+           "| model | views | import cli | import TensorFlow | import library | build | weights | views | "
+           "1st predict | 2nd predict | traces | command |", "|---" * 12 + "|"]
+    for r in results["coldstart"]["rows"]:
+        if "error" in r:
+            out.append(f"| {r['model']} | | {r['error']} |" + " |" * 9)
+            continue
+        p = r["phases"]
+        out.append(f"| {r['model']} | {r['views']} | " + " | ".join(f"{p[k]:.2f}" for k in (
+            "import_cli_s", "import_tensorflow_s", "import_library_s", "build_s", "weights_s", "views_s",
+            "first_predict_s", "second_predict_s")) + f" | {r['traces']} | {r['command_s']:.2f} |")
+    out.append("")
+    return out
+
+
 _RENDERERS = {
     "machine": _render_machine,
     "matmul": _render_matmul,
@@ -210,6 +229,7 @@ _RENDERERS = {
     "precision": _render_precision,
     "pipeline": _render_pipeline,
     "backends": _render_backends,
+    "coldstart": _render_coldstart,
 }
 
 

@@ -36,6 +36,23 @@ from nonlocal_zoo.tasks.preprocessor import VideoClassifierPreprocessor, softmax
 DEFAULT_BATCH_SIZE = 8
 
 
+def view_batches(num_views, batch_size):
+    """`(size, padded)`: `num_views` views go in forward passes of `size` views each (at most `batch_size`),
+    `padded - num_views` of them repeats; batches as even as possible, so at most one repeat per pass.
+
+    Example:
+        >>> view_batches(10, 8), view_batches(30, 8), view_batches(3, 8)
+        ((5, 10), (8, 32), (3, 3))
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"`batch_size` must be a positive integer. Received: batch_size={batch_size!r}")
+    if num_views <= batch_size:
+        return num_views, num_views
+    passes = -(-num_views // batch_size)
+    size = -(-num_views // passes)
+    return size, passes * size
+
+
 def _is_network_input(x):
     """True for what Keras' own `predict` takes: float clips `(B, T, H, W, 3)`, tensors and datasets.
 
@@ -212,9 +229,12 @@ class VideoClassifier(keras.Model):
     def view_scores(self, clips, *, batch_size=DEFAULT_BATCH_SIZE):
         """Per-view scores in the domain the aggregation rule averages: probabilities (`"softmax"`) or logits.
 
+        The views go in forward passes of one size (`view_batches`), so a video's views trace the network once
+        (a smaller last batch would trace it a second time: about a second for a full-size network).
+
         Args:
             clips: normalised float32 clips `(V, T, S, S, 3)`.
-            batch_size: views per forward pass.
+            batch_size: views per forward pass, at most.
 
         Returns:
             float64 `(V, num_classes)`.
@@ -222,10 +242,15 @@ class VideoClassifier(keras.Model):
         rule = self.preprocessor.aggregation
         use_logits = rule == "logits" or self.activation is None
         network = self.logits_model() if use_logits and self.activation is not None else self
+        clips = np.asarray(clips)
+        num_views = len(clips)
+        size, padded = view_batches(num_views, batch_size)
+        if padded > num_views:  # repeat the last view; the extra rows are dropped (inference is per clip)
+            clips = np.concatenate([clips, np.repeat(clips[-1:], padded - len(clips), axis=0)])
         out = []
-        for start in range(0, len(clips), batch_size):
-            out.append(np.asarray(network.predict_on_batch(clips[start:start + batch_size]), np.float64))
-        scores = np.concatenate(out)  # (V, C)
+        for start in range(0, len(clips), size):
+            out.append(np.asarray(network.predict_on_batch(clips[start:start + size]), np.float64))
+        scores = np.concatenate(out)[:num_views]  # (V, C)
         if rule == "softmax" and self.activation is None:
             scores = softmax(scores)
         return scores
