@@ -16,6 +16,8 @@ import json
 import os
 import sys
 
+from nonlocal_zoo.presets import MAX_TEST_CLIPS  # temporal views per video (the registry is cheap to import)
+
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 _DEBUG = False  # set by --debug
 
@@ -331,13 +333,12 @@ def _shard(text):
     return f"{i}/{n}"
 
 
-MAX_NUM_CLIPS = 100  # temporal views per video (the published protocol uses 10)
 
 
 def _num_clips(text):
     value = _positive_int(text)
-    if value > MAX_NUM_CLIPS:
-        raise argparse.ArgumentTypeError(f"expected an integer from 1 to {MAX_NUM_CLIPS}, got {text!r}")
+    if value > MAX_TEST_CLIPS:
+        raise argparse.ArgumentTypeError(f"expected an integer from 1 to {MAX_TEST_CLIPS}, got {text!r}")
     return value
 
 
@@ -541,7 +542,7 @@ def _add_classify_command(sub, formatter):
     _add_model_args(p)
     p.add_argument("--top-k", "-k", type=_positive_int, default=5, help="labels per video (default: 5)")
     p.add_argument("--num-clips", type=_num_clips, default=1,
-                   help=f"temporal views per video, 1 to {MAX_NUM_CLIPS} (default: 1)")
+                   help=f"temporal views per video, 1 to {MAX_TEST_CLIPS} (default: 1)")
     p.add_argument("--num-crops", type=int, choices=(1, 3), default=1, help="spatial crops per view (default: 1)")
     _add_dtype_arg(p)
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -555,7 +556,7 @@ def _add_evaluate_command(sub, formatter):
     p.add_argument("source", help="clip folder (<class>/*.mp4), CSV/list file or tfds:NAME")
     _add_model_args(p)
     p.add_argument("--num-clips", type=_num_clips, default=10,
-                   help=f"temporal views per video, 1 to {MAX_NUM_CLIPS} (default: 10)")
+                   help=f"temporal views per video, 1 to {MAX_TEST_CLIPS} (default: 10)")
     p.add_argument("--num-crops", type=int, choices=(1, 3), default=3, help="spatial crops per view (default: 3)")
     p.add_argument("--split", default=None, help="split sub-folder or TFDS split")
     p.add_argument("--data-dir", default=None, help="TFDS data directory")

@@ -12,7 +12,6 @@ Example:
 """
 import copy
 import functools
-import hashlib
 import importlib.resources
 import json
 import os
@@ -86,11 +85,9 @@ def _package_file(name):
 
 def sha256_of(path):
     """Hex sha256 of a file."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    from nonlocal_zoo.pretrained.download import hash_file
+
+    return hash_file(path, ("sha256",))["sha256"]
 
 
 @functools.lru_cache(maxsize=1)

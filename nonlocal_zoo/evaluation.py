@@ -15,6 +15,8 @@ import numpy as np
 from nonlocal_zoo.data import preprocessing, transforms
 from nonlocal_zoo.data.pipeline import ON_ERROR, tfds_source
 from nonlocal_zoo.data.sources import VIDEO_EXTENSIONS, resolve_clip_source
+from nonlocal_zoo.tasks.classifier import pred_logits_model
+from nonlocal_zoo.tasks.preprocessor import aggregate_views, softmax
 
 logger = logging.getLogger("nonlocal_zoo.evaluation")
 
@@ -43,29 +45,6 @@ def _topk_hits(scores, labels, k):
     return np.any(order == np.asarray(labels)[..., None], axis=-1)
 
 
-def _softmax(x):
-    x = x - x.max(axis=-1, keepdims=True)
-    e = np.exp(x)
-    return e / e.sum(axis=-1, keepdims=True)
-
-
-def _logits_model(model):
-    """A model sharing `model`'s layers that outputs the logits of its `pred` layer (per location, averaged)."""
-    import keras
-
-    if hasattr(model, "logits_model"):
-        return model.logits_model()
-    try:
-        logits = model.get_layer("pred").output  # (B, C) or (B, T', H', W', C) for the fully-convolutional head
-    except (AttributeError, ValueError):
-        raise ValueError("aggregation='logits' needs the model's logits: pass a model whose outputs are logits "
-                         "(classifier_activation=None) with apply_softmax=False, or a model with a `pred` layer. "
-                         f"Received: {type(model).__name__}") from None
-    if len(logits.shape) == 5:
-        logits = keras.layers.GlobalAveragePooling3D()(logits)
-    return keras.Model(model.inputs, logits)
-
-
 def _view_score_fn(model, aggregation, apply_softmax):
     """Per-view scores in the domain the rule averages: probabilities (`"softmax"`) or logits (`"logits"`)."""
     if aggregation == "logits":
@@ -74,18 +53,11 @@ def _view_score_fn(model, aggregation, apply_softmax):
         elif getattr(model, "activation", "softmax") is None:
             network = model
         else:
-            network = _logits_model(model)
+            network = model.logits_model() if hasattr(model, "logits_model") else pred_logits_model(model)
         return getattr(network, "predict_on_batch", None) or network, False
     if getattr(model, "activation", "softmax") is None and hasattr(model, "preprocessor"):
         apply_softmax = True  # a VideoClassifier that outputs logits
     return getattr(model, "predict_on_batch", None) or model, apply_softmax
-
-
-def aggregate_views(view_scores, aggregation):
-    """One probability row from the `(V, C)` scores of a video's views by a preset's `test_aggregation` rule:
-    `"softmax"` averages the per-view probabilities, `"logits"` averages the logits and then takes the softmax."""
-    mean = np.asarray(view_scores, np.float64).mean(axis=0)  # (C,)
-    return _softmax(mean) if aggregation == "logits" else mean
 
 
 def evaluate(model, source, *, preset=None, num_clips=10, num_crops=3, batch_size=None, max_batch_bytes=256 * 2**20,
@@ -293,7 +265,7 @@ class _ViewBatcher:
         if y.ndim != 2 or y.shape[0] != x.shape[0]:
             raise ValueError(f"The model must return (batch, num_classes) scores. Received: output shape {y.shape}")
         if self.apply_softmax:
-            y = _softmax(y.astype(np.float64))
+            y = softmax(y.astype(np.float64))
         start = 0
         for slot, v in chunk:
             self.outputs[slot].append(y[start:start + len(v)])

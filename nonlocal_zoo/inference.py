@@ -14,8 +14,6 @@ import os
 
 from nonlocal_zoo.tasks import VideoClassifier, resolve
 
-MAX_NUM_CLIPS = 100
-
 
 def load_model(spec, *, weights="auto", preset=None, labels=None, **kwargs):
     """The `VideoClassifier` a user names (`"demo"`, a preset, a preset directory, a `.keras` file, `hf://`).
@@ -61,8 +59,7 @@ def classify(model, videos, *, top_k=5, num_clips=1, num_crops=1, on_error="repo
         raise ValueError(f"`model` must be a VideoClassifier (see load_model). Received: {type(model).__name__}")
     if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= model.num_classes:
         raise ValueError(f"`top_k` must be an integer in [1, {model.num_classes}]. Received: top_k={top_k!r}")
-    if isinstance(num_clips, bool) or not isinstance(num_clips, int) or not 1 <= num_clips <= MAX_NUM_CLIPS:
-        raise ValueError(f"`num_clips` must be an integer in [1, {MAX_NUM_CLIPS}]. Received: num_clips={num_clips!r}")
+    model.preprocessor.check_views(num_clips, num_crops)  # before the per-video loop, which reports video errors
     if on_error not in ("report", "raise"):
         raise ValueError(f"`on_error` must be 'report' or 'raise'. Received: on_error={on_error!r}")
     results = []

@@ -307,6 +307,9 @@ TINY_PREPROCESSING = _protocol(num_frames=4, sampling_rate=2, sampling="official
                                test_num_crops=3, test_fully_convolutional=False)
 TINY_CLASSES = ("class_0", "class_1", "class_2", "class_3", "class_4")
 
+# Most temporal views (clips) per video a test protocol may ask for (the published protocol uses 10).
+MAX_TEST_CLIPS = 100
+
 # Sizes of the packaged label sets a preset may name in `labels`.
 LABEL_SET_SIZES = {"kinetics400": 400}
 

@@ -53,7 +53,7 @@ def apply_head(
     if classifier_activation is not None:
         x = keras.layers.Activation(classifier_activation, dtype="float32", name="pred_activation")(x)
     if fully_convolutional:
-        x = keras.layers.GlobalAveragePooling3D(dtype="float32", name="pred_mean")(x)  # mean of the per-location outputs
+        x = keras.layers.GlobalAveragePooling3D(dtype="float32", name="pred_mean")(x)  # mean over the locations
     return x
 
 

@@ -167,9 +167,9 @@ def parse_hash_prefix(file_name):
     return match.group(1) if match else None
 
 
-def hash_file(path):
-    """Returns `{"sha256": hex, "sha1": hex}` for a file, read once in 1 MiB chunks."""
-    digests = {"sha256": hashlib.sha256(), "sha1": hashlib.sha1()}
+def hash_file(path, algorithms=("sha256", "sha1")):
+    """Returns `{algorithm: hex}` for a file (sha256 and sha1 by default), read once in 1 MiB chunks."""
+    digests = {name: hashlib.new(name) for name in algorithms}
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(_CHUNK_BYTES), b""):
             for digest in digests.values():

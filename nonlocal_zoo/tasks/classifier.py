@@ -256,12 +256,9 @@ class VideoClassifier(keras.Model):
         return scores
 
     def logits_model(self):
-        """A model sharing this one's layers that outputs the logits of `pred` (per location, averaged)."""
+        """A model sharing this one's layers that outputs the logits of `pred` (per location, averaged); built once."""
         if self._logits_model is None:
-            logits = self.get_layer("pred").output  # (B, C) or (B, T', H', W', C) when fully convolutional
-            if len(logits.shape) == 5:
-                logits = keras.layers.GlobalAveragePooling3D(name="pred_logits_mean")(logits)
-            self._logits_model = keras.Model(self.input, logits, name=f"{self.name}_logits")
+            self._logits_model = pred_logits_model(self)
         return self._logits_model
 
     def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None, *, num_clips=None,
@@ -306,6 +303,24 @@ class VideoClassifier(keras.Model):
         from nonlocal_zoo.pretrained.labels import decode_predictions
 
         return decode_predictions(np.asarray(preds), top=top, labels=list(self.labels))
+
+
+def pred_logits_model(model):
+    """A model sharing `model`'s layers that outputs the logits of its `pred` layer (averaged over the locations of
+    the fully-convolutional head): what the `"logits"` aggregation rule averages, for any zoo classifier.
+
+    Raises:
+        ValueError: the model has no `pred` layer.
+    """
+    try:
+        logits = model.get_layer("pred").output  # (B, C) or (B, T', H', W', C) when fully convolutional
+    except (AttributeError, ValueError):
+        raise ValueError("aggregation='logits' needs the model's logits: pass a model whose outputs are logits "
+                         "(classifier_activation=None) with apply_softmax=False, or a model with a `pred` layer. "
+                         f"Received: {type(model).__name__}") from None
+    if len(logits.shape) == 5:
+        logits = keras.layers.GlobalAveragePooling3D(name="pred_logits_mean")(logits)
+    return keras.Model(model.inputs, logits, name=f"{model.name}_logits")
 
 
 def _check_labels(labels, num_classes):

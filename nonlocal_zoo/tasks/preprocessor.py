@@ -17,7 +17,7 @@ import keras
 import numpy as np
 
 from nonlocal_zoo.data import VideoDecodeError, multiview_clips, normalize, resolve_preprocessing, train_clip
-from nonlocal_zoo.presets import get_preset
+from nonlocal_zoo.presets import MAX_TEST_CLIPS, get_preset
 
 AGGREGATIONS = ("softmax", "logits")
 
@@ -27,6 +27,17 @@ def softmax(x):
     x = x - x.max(axis=-1, keepdims=True)  # (..., C)
     e = np.exp(x)
     return e / e.sum(axis=-1, keepdims=True)
+
+
+def aggregate_views(view_scores, rule):
+    """One probability row from the `(V, C)` scores of one video's views by a `test_aggregation` rule:
+    `"softmax"` averages the per-view probabilities, `"logits"` averages the per-view logits, then takes the softmax.
+
+    Example:
+        >>> aggregate_views(np.log([[0.5, 0.5], [0.9, 0.1]]), "logits")   # softmax of the mean logits
+    """
+    mean = np.asarray(view_scores, np.float64).mean(axis=0)  # (C,)
+    return softmax(mean) if rule == "logits" else mean
 
 
 @keras.saving.register_keras_serializable(package="nonlocal_zoo")
@@ -135,14 +146,14 @@ class VideoClassifierPreprocessor:
             `(views, counts)`: the raw RGB views in clip-major order (as `nonlocal_zoo.data.multiview_clips`) and
             the list of views per video.
         """
-        num_clips, num_crops = self._check_views(num_clips, num_crops)
+        num_clips, num_crops = self.check_views(num_clips, num_crops)
         out = [self.video_views(video, num_clips=num_clips, num_crops=num_crops)
                for video in self.standardize(videos)]
         return np.concatenate(out), [len(v) for v in out]
 
     def video_views(self, video, *, num_clips=None, num_crops=None):
         """The raw test views `(num_clips * num_crops, T, S, S, 3)` of one video (a path or an array)."""
-        num_clips, num_crops = self._check_views(num_clips, num_crops)
+        num_clips, num_crops = self.check_views(num_clips, num_crops)
         return multiview_clips(video, preset=self.config, num_clips=num_clips, num_crops=num_crops, normalize=False,
                                decode_options=self.decode_options)
 
@@ -186,18 +197,17 @@ class VideoClassifierPreprocessor:
         if scores.ndim != 2 or sum(counts) != len(scores):
             raise ValueError(f"`view_scores` must be (sum of counts, C). Received: shape {scores.shape}, "
                              f"counts={counts}")
-        rows, start = [], 0
-        for n in counts:
-            rows.append(scores[start:start + n].mean(axis=0))  # (C,)
-            start += n
-        rows = np.stack(rows)
-        return softmax(rows) if self.aggregation == "logits" else rows
+        bounds = np.cumsum([0, *counts])
+        return np.stack([aggregate_views(scores[a:b], self.aggregation) for a, b in zip(bounds[:-1], bounds[1:])])
 
-    def _check_views(self, num_clips, num_crops):
+    def check_views(self, num_clips, num_crops):
+        """`(num_clips, num_crops)` with the test protocol's defaults for None; ValueError quoting a bad value."""
         num_clips = self.config["test_num_clips"] if num_clips is None else num_clips
         num_crops = self.config["test_num_crops"] if num_crops is None else num_crops
-        if isinstance(num_clips, bool) or not isinstance(num_clips, (int, np.integer)) or not 1 <= num_clips <= 100:
-            raise ValueError(f"`num_clips` must be an integer in [1, 100]. Received: num_clips={num_clips!r}")
+        if (isinstance(num_clips, bool) or not isinstance(num_clips, (int, np.integer))
+                or not 1 <= num_clips <= MAX_TEST_CLIPS):
+            raise ValueError(f"`num_clips` must be an integer in [1, {MAX_TEST_CLIPS}]. "
+                             f"Received: num_clips={num_clips!r}")
         if num_crops not in (1, 3) or isinstance(num_crops, bool):
             raise ValueError(f"`num_crops` must be 1 or 3. Received: num_crops={num_crops!r}")
         return int(num_clips), int(num_crops)
@@ -212,4 +222,4 @@ def _check_array(array, *, allowed_ranks, what="videos"):
         raise ValueError(f"`{what}` as an array must be uint8 RGB frames (0-255). Received: dtype={array.dtype}")
 
 
-__all__ = ["AGGREGATIONS", "VideoClassifierPreprocessor", "VideoDecodeError"]
+__all__ = ["AGGREGATIONS", "VideoClassifierPreprocessor", "VideoDecodeError", "aggregate_views", "softmax"]

@@ -15,7 +15,6 @@ Example:
     >>> is_preset_dir("/tmp/demo_copy")
     True
 """
-import hashlib
 import importlib.resources
 import json
 import os
@@ -67,11 +66,9 @@ def preset_labels(entry):
 
 
 def _sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    from nonlocal_zoo.pretrained.download import hash_file
+
+    return hash_file(path, ("sha256",))["sha256"]
 
 
 def load_weights(model, weights, *, preset, include_top, classes, format=None):
