@@ -325,7 +325,7 @@ def test_input_tensor_and_factory_and_names():
 def test_weights_go_through_the_loader(monkeypatch, tmp_path):
     # The contract with the weight loader: create_model hands weights to `nonlocal_zoo.models.weights.load_weights`.
     calls = []
-    loading = pytest.importorskip("nonlocal_zoo.models.weights")
+    from nonlocal_zoo.models import weights as loading
     monkeypatch.setattr(loading, "load_weights",
                         lambda model, weights, **kwargs: calls.append((model.name, weights, kwargs)))
     model = create_model("i3d_nl5_r50_8x8_kinetics400", weights="kinetics400", input_shape=(8, 32, 32, 3),

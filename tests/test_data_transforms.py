@@ -229,7 +229,7 @@ def test_preset_resolution_and_overrides():
         resolve_preprocessing(None, test_num_crops=2)
     with pytest.raises(ValueError, match=r"Unknown preprocessing option"):
         resolve_preprocessing(None, crop=3)
-    presets = pytest.importorskip("nonlocal_zoo.presets")
+    from nonlocal_zoo import presets
     name = presets.list_models(pretrained=True)[0]
     assert resolve_preprocessing(name)["num_frames"] == presets.get_preset(name)["preprocessing"]["num_frames"]
 

@@ -1,7 +1,6 @@
 """Tests of nonlocal_zoo.pretrained.labels: packaged Kinetics-400 labels, decode_predictions, preprocess_input."""
 import hashlib
 import importlib.resources
-import importlib.util
 import re
 
 import numpy as np
@@ -108,7 +107,6 @@ def test_preprocess_input_accepts_lists():
     np.testing.assert_allclose(preprocess_input(clip.tolist()), (clip - 114.75) / 57.375, rtol=1e-6)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("nonlocal_zoo.presets") is None, reason="presets.py not written yet")
 def test_preprocess_input_with_a_preset_name():
     from nonlocal_zoo.presets import get_preset, list_models
 
