@@ -376,7 +376,7 @@ def add_finetune_arguments(parser):
     Example:
         >>> args = add_finetune_arguments(argparse.ArgumentParser()).parse_args(["clips/", "--epochs", "2"])
     """
-    from nonlocal_zoo.training import DEFAULTS, MIXED_POLICIES, SCHEDULES, STAGES, STRATEGIES
+    from nonlocal_zoo.training import CLUSTERS, DEFAULTS, MIXED_POLICIES, SCHEDULES, STAGES, STRATEGIES
 
     p = parser
     p.add_argument("data", nargs="?", default=None,
@@ -410,7 +410,16 @@ def add_finetune_arguments(parser):
                    choices=("auto", "off") + MIXED_POLICIES,
                    help="mixed precision (mixed_float16 on GPU, mixed_bfloat16 on CPU, or the given policy)")
     p.add_argument("--strategy", choices=STRATEGIES, default=None,
-                   help="none, mirrored (GPUs of this machine) or multiworker (TF_CONFIG)")
+                   help="none, mirrored (GPUs of this machine) or multiworker (TF_CONFIG, or --cluster slurm)")
+    p.add_argument("--cluster", choices=CLUSTERS, default=None,
+                   help="where multiworker finds its workers: tf_config (the TF_CONFIG variable, default) or slurm "
+                        "(one worker per task of the `srun` job step; implies --strategy multiworker)")
+    p.add_argument("--port-base", type=int, default=None,
+                   help="--cluster slurm: first port of the workers of a node (default 15000 + 16 x "
+                        "(SLURM_JOB_ID %% 1000))")
+    p.add_argument("--gpus-per-task", type=int, default=None,
+                   help="--cluster slurm: GPUs per worker, 0 for CPUs only (default SLURM_GPUS_PER_TASK, else the "
+                        "node's GPUs shared evenly by its tasks)")
     p.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=None,
                    help="synchronized BatchNorm across replicas")
     p.add_argument("--num-frames", type=int, default=None, help="clip length override")
@@ -427,8 +436,8 @@ def add_finetune_arguments(parser):
 
 _FINETUNE_ARG_KEYS = ("model", "val_data", "split", "val_split", "epochs", "batch_size", "lr", "lr_base_batch_size",
                       "schedule", "warmup_epochs", "weight_decay", "momentum", "nesterov", "freeze_stages",
-                      "strategy", "sync_bn", "num_frames", "crop", "steps_per_epoch", "dropout_rate", "monitor",
-                      "seed")
+                      "strategy", "cluster", "port_base", "gpus_per_task", "sync_bn", "num_frames", "crop",
+                      "steps_per_epoch", "dropout_rate", "monitor", "seed")
 
 
 def finetune_options(args):

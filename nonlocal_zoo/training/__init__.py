@@ -4,7 +4,8 @@
 - `data`: training and validation pipelines, class names, steps per epoch.
 - `optim`: `MomentumSGD` (coupled L2 weight decay), the step/cosine schedules, the linear scaling rule.
 - `model`: the network of a run (new head, frozen stages, synchronized BatchNorm, mixed precision).
-- `distribute`: `tf.distribute` strategies, `TF_CONFIG` roles, multi-worker input and fixes.
+- `distribute`: `tf.distribute` strategies, `TF_CONFIG` roles (from Slurm with `cluster="slurm"`), multi-worker
+  input and fixes.
 - `run_folder`: the run's folder (settings, class map, checkpoints, logs, backup) and resuming from it.
 - `callbacks`: the Keras callbacks that write the folder during training.
 - `loop`: `finetune`, the steps of a run.
@@ -18,6 +19,7 @@ Example:
 """
 from nonlocal_zoo.training.callbacks import learning_rate_logger, run_callbacks
 from nonlocal_zoo.training.config import (
+    CLUSTERS,
     CONFIG_DIR,
     DEFAULTS,
     MIXED_POLICIES,
@@ -31,7 +33,7 @@ from nonlocal_zoo.training.config import (
     resolve_config,
 )
 from nonlocal_zoo.training.data import TrainingData, is_file_source, training_data
-from nonlocal_zoo.training.distribute import get_strategy, worker_info
+from nonlocal_zoo.training.distribute import configure_cluster, get_strategy, slurm_cluster, worker_info
 from nonlocal_zoo.training.loop import finetune
 from nonlocal_zoo.training.model import (
     build_training_model,
@@ -64,6 +66,7 @@ from nonlocal_zoo.training.run_folder import (
 
 __all__ = [
     "CLASS_NAMES",
+    "CLUSTERS",
     "CONFIG_DIR",
     "CSV_LOG",
     "DEFAULTS",
@@ -81,6 +84,7 @@ __all__ = [
     "StepDecay",
     "TrainingData",
     "build_training_model",
+    "configure_cluster",
     "convert_to_sync_batchnorm",
     "finetune",
     "freeze_stages",
@@ -101,6 +105,7 @@ __all__ = [
     "resolve_config",
     "run_callbacks",
     "scaled_learning_rate",
+    "slurm_cluster",
     "stage_of_layer",
     "step_decay_class",
     "training_data",

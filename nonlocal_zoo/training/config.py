@@ -47,6 +47,9 @@ DEFAULTS = {
     "freeze_stages": None,         # None, or the last frozen part: "conv1", "res2", "res3", "res4", "res5"
     "mixed_precision": False,      # False, True (mixed_float16 on GPU, mixed_bfloat16 on CPU) or a policy name
     "strategy": "none",            # "none", "mirrored" or "multiworker"
+    "cluster": "tf_config",        # where "multiworker" finds its workers: "tf_config" (TF_CONFIG) or "slurm" (srun)
+    "port_base": None,             # cluster "slurm": first port of the workers of a node (default: from SLURM_JOB_ID)
+    "gpus_per_task": None,         # cluster "slurm": GPUs per task (default: SLURM_GPUS_PER_TASK, or an even share)
     "sync_bn": False,              # BatchNormalization(synchronized=True) across replicas
     "monitor": None,               # metric of the best checkpoint (val_accuracy with validation data, else loss)
     "backup_freq": "epoch",        # BackupAndRestore save_freq: "epoch" or every N steps
@@ -56,12 +59,14 @@ DEFAULTS = {
 }
 SCHEDULES = ("step", "cosine")
 STRATEGIES = ("none", "mirrored", "multiworker")
+CLUSTERS = ("tf_config", "slurm")
 STAGES = ("conv1", "res2", "res3", "res4", "res5")
 MIXED_POLICIES = ("mixed_float16", "mixed_bfloat16")
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs")
 
 # Keys that may differ from the saved run when resuming without changing what is trained.
-RESUME_FREE_KEYS = ("output_dir", "data", "val_data", "num_parallel_calls", "on_error", "validation_steps")
+RESUME_FREE_KEYS = ("output_dir", "data", "val_data", "num_parallel_calls", "on_error", "validation_steps", "cluster",
+                    "port_base", "gpus_per_task")
 
 
 def load_config(config):
@@ -152,6 +157,7 @@ def _validate(cfg):
     _validate_sizes(cfg)
     _validate_schedule(cfg)
     _validate_choices(cfg)
+    _validate_cluster(cfg)
     return cfg
 
 
@@ -239,6 +245,30 @@ def _validate_choices(cfg):
         raise ValueError(f"`seed` must be an integer or None. Received: seed={cfg['seed']!r}")
     if cfg["on_error"] not in ("skip", "raise"):
         raise ValueError(f"`on_error` must be 'skip' or 'raise'. Received: on_error={cfg['on_error']!r}")
+
+
+def _validate_cluster(cfg):
+    """The multi-worker cluster: `cluster` ("slurm" implies strategy "multiworker") and its Slurm options."""
+    if cfg["cluster"] is None:
+        cfg["cluster"] = "tf_config"
+    if cfg["cluster"] not in CLUSTERS:
+        raise ValueError(f"`cluster` must be one of {CLUSTERS}. Received: cluster={cfg['cluster']!r}")
+    if cfg["cluster"] == "slurm":
+        if cfg["strategy"] == "none":
+            cfg["strategy"] = "multiworker"
+        if cfg["strategy"] != "multiworker":
+            raise ValueError("`cluster='slurm'` runs one worker per Slurm task and needs strategy 'multiworker' (or "
+                             f"none given). Received: strategy={cfg['strategy']!r}")
+    port, gpus = cfg["port_base"], cfg["gpus_per_task"]
+    if cfg["cluster"] != "slurm" and (port is not None or gpus is not None):
+        given = ", ".join(f"{k}={cfg[k]!r}" for k in ("port_base", "gpus_per_task") if cfg[k] is not None)
+        raise ValueError(f"`port_base` and `gpus_per_task` are options of cluster='slurm'. Received: {given} with "
+                         f"cluster={cfg['cluster']!r}")
+    if port is not None and (isinstance(port, bool) or not isinstance(port, int) or not 1024 <= port <= 65000):
+        raise ValueError(f"`port_base` must be an integer port in [1024, 65000]. Received: port_base={port!r}")
+    if gpus is not None and (isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 0):
+        raise ValueError(f"`gpus_per_task` must be a non-negative integer (0: CPU only). "
+                         f"Received: gpus_per_task={gpus!r}")
 
 
 def preprocessing_overrides(cfg):

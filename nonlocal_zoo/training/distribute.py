@@ -1,15 +1,179 @@
-"""Distribution of a fine-tuning run: `tf.distribute` strategies by name, this worker's role from `TF_CONFIG`, and
-the per-worker input pipeline and Keras fixes of multi-worker training.
+"""Distribution of a fine-tuning run: `tf.distribute` strategies by name, this worker's role from `TF_CONFIG`
+(written from the Slurm job step with `cluster="slurm"`), and the per-worker input pipeline and Keras fixes of
+multi-worker training.
 
 Example:
-    >>> strategy = get_strategy("mirrored")
+    >>> configure_cluster({"strategy": "multiworker", "cluster": "slurm", "port_base": None, "gpus_per_task": None})
+    >>> strategy = get_strategy("multiworker")
     >>> task_type, task_id, num_workers, is_chief = worker_info("multiworker")
 """
 import json
 import os
+import re
+import shutil
+import subprocess
 
 from nonlocal_zoo import _compat
 from nonlocal_zoo.training.config import STRATEGIES
+
+
+# What `tf.distribute.cluster_resolver.SlurmClusterResolver` reads: set by `srun` in each task of a job step.
+SLURM_STEP_VARIABLES = ("SLURM_PROCID", "SLURM_STEP_NUM_TASKS", "SLURM_STEP_NODELIST", "SLURM_STEP_TASKS_PER_NODE")
+# Default first port of a node's workers: PORT_BASE + 16 * (SLURM_JOB_ID % 1000), so two jobs sharing a node use
+# different ports (windows of 16 ports, below Linux's ephemeral range 32768-60999).
+PORT_BASE, PORT_WINDOW, PORT_WINDOWS = 15000, 16, 1000
+
+
+def slurm_port_base():
+    """The default first port of the workers on a node: from `SLURM_JOB_ID` (the same in every task of a job).
+
+    Example:
+        >>> os.environ["SLURM_JOB_ID"] = "4242"
+        >>> slurm_port_base()
+        18872
+    """
+    job = os.environ.get("SLURM_JOB_ID", "")
+    return PORT_BASE + PORT_WINDOW * (int(job) % PORT_WINDOWS) if job.isdigit() else PORT_BASE
+
+
+def _tasks_per_node(text):
+    """`"2(x3),1"` -> `[2, 2, 2, 1]` (Slurm's compressed tasks-per-node list)."""
+    counts = []
+    for part in text.split(","):
+        match = re.fullmatch(r"(\d+)(?:\(x(\d+)\))?", part.strip())
+        if match is None:
+            raise ValueError(f"SLURM_STEP_TASKS_PER_NODE is not a Slurm tasks-per-node list such as '2(x3),1'. "
+                             f"Received: {text!r}")
+        counts += [int(match.group(1))] * int(match.group(2) or 1)
+    return counts
+
+
+def _visible_gpus():
+    """The GPU ids this task may use: `CUDA_VISIBLE_DEVICES` when set (Slurm sets it for GPU jobs), else the GPUs
+    `nvidia-smi -L` lists, else none."""
+    if "CUDA_VISIBLE_DEVICES" in os.environ:
+        return [g.strip() for g in os.environ["CUDA_VISIBLE_DEVICES"].split(",") if g.strip()]
+    if shutil.which("nvidia-smi") is None:
+        return []
+    try:
+        listed = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=60, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [str(i) for i, _ in enumerate(line for line in listed.splitlines() if line.startswith("GPU "))]
+
+
+def _task_gpus(gpus_per_task, max_tasks_per_node):
+    """(GPUs per task, the `CUDA_VISIBLE_DEVICES` of this task or None to leave it) from the visible GPUs."""
+    visible = _visible_gpus()
+    if gpus_per_task is None:
+        given = os.environ.get("SLURM_GPUS_PER_TASK", "").rsplit(":", 1)[-1]  # "2" or "a100:2"
+        gpus_per_task = int(given) if given.isdigit() else len(visible) // max_tasks_per_node
+        if visible and gpus_per_task == 0:
+            raise ValueError(f"{max_tasks_per_node} tasks per node share {len(visible)} GPU(s) "
+                             f"(CUDA_VISIBLE_DEVICES={','.join(visible)}): start at most one task per GPU "
+                             "(srun --ntasks-per-node), or pass --gpus-per-task 0 to train on the CPUs")
+    if gpus_per_task == 0:
+        return 0, "" if visible else None
+    if len(visible) == gpus_per_task:  # Slurm bound the GPUs to the task already (e.g. srun --gpus-per-task)
+        return gpus_per_task, None
+    if len(visible) < gpus_per_task * max_tasks_per_node:
+        raise ValueError(f"{max_tasks_per_node} tasks per node x {gpus_per_task} GPU(s) per task need more GPUs "
+                         f"than this task sees ({len(visible)}: CUDA_VISIBLE_DEVICES="
+                         f"{os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')!r}); check --gpus-per-task and the "
+                         "job's --gpus-per-node / --gres")
+    local = os.environ.get("SLURM_LOCALID", "")
+    if not local.isdigit():
+        raise ValueError(f"SLURM_LOCALID (this task's index on its node) is needed to give each task its GPUs. "
+                         f"Received: SLURM_LOCALID={local!r}")
+    first = int(local) * gpus_per_task
+    return gpus_per_task, ",".join(visible[first:first + gpus_per_task])
+
+
+def slurm_cluster(*, port_base=None, gpus_per_task=None):
+    """This Slurm task's `TF_CONFIG` (built by `tf.distribute.cluster_resolver.SlurmClusterResolver`) and GPUs.
+
+    Every task of the job step (`srun`) is one worker: task `SLURM_PROCID` is worker `SLURM_PROCID`, task 0 is the
+    chief; the workers of a node listen on `port_base`, `port_base + 1`, ... Each task gets `gpus_per_task` of
+    the GPUs it sees, picked by its index on the node (`SLURM_LOCALID`), unless Slurm bound them already.
+
+    Args:
+        port_base: first port of each node's workers (default `slurm_port_base()`: from `SLURM_JOB_ID`).
+        gpus_per_task: GPUs of each worker; 0 trains on the CPUs (default: `SLURM_GPUS_PER_TASK`, else the GPUs
+            this task sees divided by the most tasks on a node).
+
+    Returns:
+        `(tf_config, cuda_visible_devices)`: the `TF_CONFIG` dict, and the `CUDA_VISIBLE_DEVICES` value this task
+        must use (`None`: leave it as it is).
+
+    Raises:
+        ValueError: outside a Slurm job step (the missing variables are named), unreadable Slurm variables, more
+            GPUs asked for than the node has, or a task that Slurm placed elsewhere than the cluster spec says.
+
+    Example:
+        >>> tf_config, gpus = slurm_cluster(port_base=15000)   # in task 1 of `srun -N 2 --ntasks-per-node 2 ...`
+        >>> tf_config
+        {'cluster': {'worker': ['n1:15000', 'n1:15001', 'n2:15000', 'n2:15001']}, 'task': {'type': 'worker', 'index': 1}}
+    """
+    missing = [name for name in SLURM_STEP_VARIABLES if not os.environ.get(name)]
+    if missing:
+        hint = ("this process is in Slurm job " + os.environ["SLURM_JOB_ID"] + " but not in a job step: start one "
+                "worker per task with `srun nonlocal-zoo finetune ...`" if os.environ.get("SLURM_JOB_ID") else
+                "run it inside a Slurm allocation with `srun` (sbatch script or salloc), one task per worker")
+        raise ValueError(f"--cluster slurm needs the Slurm job-step variables {', '.join(missing)} (missing): {hint}")
+    counts = _tasks_per_node(os.environ["SLURM_STEP_TASKS_PER_NODE"])
+    gpus, cuda_devices = _task_gpus(gpus_per_task, max(counts))
+    port_base = slurm_port_base() if port_base is None else port_base
+
+    import tensorflow as tf
+
+    try:
+        # GPUs are assigned above (auto_set_gpu=False): the resolver would count them with nvidia-smi and number
+        # them from 0; its GPU counts (at least 1: it steps a range by them) only feed that assignment.
+        resolver = tf.distribute.cluster_resolver.SlurmClusterResolver(
+            port_base=port_base, gpus_per_node=max(gpus, 1) * max(counts), gpus_per_task=max(gpus, 1),
+            auto_set_gpu=False)
+        cluster = resolver.cluster_spec().as_dict()
+        task_type, task_id = resolver.get_task_info()
+    except (RuntimeError, ValueError) as e:
+        raise ValueError(f"The Slurm job step's variables do not describe a cluster: {e} (" + ", ".join(
+            f"{name}={os.environ[name]!r}" for name in SLURM_STEP_VARIABLES) + ")") from None
+    if task_type is None:
+        raise ValueError(f"SLURM_PROCID={os.environ['SLURM_PROCID']!r} is not one of the job step's "
+                         f"{os.environ['SLURM_STEP_NUM_TASKS']} tasks")
+    _check_placement(cluster[task_type][task_id], port_base)
+    return {"cluster": cluster, "task": {"type": task_type, "index": task_id}}, cuda_devices
+
+
+def _check_placement(address, port_base):
+    """Fail (instead of hanging) when Slurm started this task elsewhere than the cluster spec's `address`: the
+    resolver puts tasks on the nodes in sorted order, `SLURM_STEP_TASKS_PER_NODE` at a time (block distribution)."""
+    host, port = address.rsplit(":", 1)
+    node, local = os.environ.get("SLURMD_NODENAME"), os.environ.get("SLURM_LOCALID", "")
+    wrong_node = node is not None and node != host
+    wrong_port = local.isdigit() and int(port) != port_base + int(local)
+    if wrong_node or wrong_port:
+        raise ValueError(f"Slurm started task {os.environ['SLURM_PROCID']} on node {node!r} as its task "
+                         f"{local or '?'}, but the cluster spec places it at {address}: nonlocal-zoo needs tasks "
+                         "handed out node by node in sorted node order (srun --distribution=block, the default)")
+
+
+def configure_cluster(cfg):
+    """Write `TF_CONFIG` (and this task's `CUDA_VISIBLE_DEVICES`) for `cluster="slurm"`; other settings: nothing.
+
+    Must run before TensorFlow uses a device. Returns the `TF_CONFIG` dict written, or None.
+
+    Example:
+        >>> configure_cluster({"strategy": "multiworker", "cluster": "slurm", "port_base": 15000,
+        ...                    "gpus_per_task": 0})["task"]
+        {'type': 'worker', 'index': 0}
+    """
+    if cfg.get("cluster") != "slurm":
+        return None
+    tf_config, cuda_devices = slurm_cluster(port_base=cfg.get("port_base"), gpus_per_task=cfg.get("gpus_per_task"))
+    os.environ["TF_CONFIG"] = json.dumps(tf_config)
+    if cuda_devices is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = cuda_devices
+    return tf_config
 
 
 def worker_info(strategy="none"):

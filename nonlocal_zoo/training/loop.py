@@ -5,7 +5,8 @@ the classes of your data (class names from the folder names, saved as `class_nam
 first stages (their BatchNorm layers then run in inference mode), and trains with SGD + momentum and L2 weight decay
 as the official Caffe2 recipes do (decay added to the gradient before the momentum update, none on BN parameters),
 on a step or cosine schedule with optional linear warmup. One machine or many: `strategy="mirrored"` (the GPUs, or the
-logical CPUs, of this machine) or `"multiworker"` (`TF_CONFIG`); the global batch is `batch_size x replicas` and the
+logical CPUs, of this machine) or `"multiworker"` (`TF_CONFIG`, or the tasks of a Slurm job step with
+`cluster="slurm"`); the global batch is `batch_size x replicas` and the
 learning rate is scaled linearly with it.
 
 Everything a run writes lives in `output_dir` (see `nonlocal_zoo.training.run_folder`); a finished run's folder is
@@ -36,6 +37,7 @@ from nonlocal_zoo.training.config import (
 )
 from nonlocal_zoo.training.data import check_training_source, training_data
 from nonlocal_zoo.training.distribute import (
+    configure_cluster,
     get_strategy,
     prepare_multiworker_model,
     strategy_display_name,
@@ -162,21 +164,36 @@ def _resolve_run(explicit, config, resume):
     if first["output_dir"] is None:
         first["output_dir"] = os.path.join("runs", first["model"])
     root = first["output_dir"]
-    _, task_id, num_workers, is_chief = worker_info(first["strategy"])
-    paths = RunPaths(root if is_chief else os.path.join(root, WORKERS_DIR, f"worker{task_id}"))
     cfg = first
-    if resume and os.path.isfile(paths.config):
-        saved = load_config(paths.config)
-        cfg = resolve_config(saved, file_cfg, **explicit)
-        changed = sorted(k for k in DEFAULTS if k not in RESUME_FREE_KEYS and saved.get(k, DEFAULTS[k]) != cfg[k])
-        if changed:
-            warnings.warn(f"Resuming {root!r} with settings that differ from the saved run: "
-                          + ", ".join(f"{k}: {saved.get(k)!r} -> {cfg[k]!r}" for k in changed), stacklevel=3)
+    if resume:
+        # A resumed run's settings (strategy and cluster included) are the saved ones: every worker reads the chief's
+        # file in the shared run folder, or its own copy (workers/workerN) when it does not see the chief's.
+        saved_file = RunPaths(root).config
+        if not os.path.isfile(saved_file):
+            configure_cluster(first)
+            saved_file = RunPaths(_worker_dir(root, first["strategy"])).config
+        if os.path.isfile(saved_file):
+            saved = load_config(saved_file)
+            cfg = resolve_config(saved, file_cfg, **explicit)
+            changed = sorted(k for k in DEFAULTS if k not in RESUME_FREE_KEYS and saved.get(k, DEFAULTS[k]) != cfg[k])
+            if changed:
+                warnings.warn(f"Resuming {root!r} with settings that differ from the saved run: "
+                              + ", ".join(f"{k}: {saved.get(k)!r} -> {cfg[k]!r}" for k in changed), stacklevel=3)
+    configure_cluster(cfg)  # cluster "slurm": TF_CONFIG from the job step, before anything reads it
+    _, task_id, num_workers, is_chief = worker_info(cfg["strategy"])
+    paths = RunPaths(_worker_dir(root, cfg["strategy"]))
     cfg["output_dir"] = root
     if cfg["data"] is None:
         raise ValueError("No training data: pass a folder of clips, a CSV/list file or 'tfds:<name>'. "
                          "Received: data=None")
     return cfg, _Worker(paths, task_id, num_workers, is_chief)
+
+
+def _worker_dir(root, strategy):
+    """The folder this worker writes: the run folder for the chief, `workers/worker<index>` inside it for the others
+    (removed at the end)."""
+    _, task_id, _, is_chief = worker_info(strategy)
+    return root if is_chief else os.path.join(root, WORKERS_DIR, f"worker{task_id}")
 
 
 def _resume_point(cfg, paths, resume, verbose):
@@ -286,6 +303,10 @@ def _print_summary(verbose, cfg, run, class_names, derived, frozen):
          f"{derived['total_steps']} steps)",
          f"  frozen:       {'conv1..' + cfg['freeze_stages'] if frozen else 'nothing'} ({len(frozen)} layers)"
          f"; mixed precision: {'off' if policy == 'float32' else policy}; sync BN: {cfg['sync_bn']}")
+    if cfg["cluster"] == "slurm":
+        _say(verbose, f"  cluster:      Slurm task {run.task_id} of {run.num_workers} (TF_CONFIG "
+                      f"{os.environ.get('TF_CONFIG')}; CUDA_VISIBLE_DEVICES="
+                      f"{os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')!r})")
 
 
 def _fit(model, data, cfg, callbacks, *, verbose, run_dir, initial_epoch):
