@@ -7,7 +7,8 @@ Floors (a module may import its own floor's package and any lower floor):
     2  models/, model_cards.py                             networks, weight loading, model cards
     3  tasks/                                              VideoClassifier, preprocessor, resolver
     4  evaluation, training/, attention, export/, inference, demo, synthetic, benchmark/, hub (push_to_hub)
-    5  cli.py                                              argument parsing only
+    5  beam/                                               the Apache Beam pipeline (scale-out classify/features)
+    6  cli.py                                              argument parsing only
 """
 import ast
 import pathlib
@@ -23,7 +24,8 @@ FLOORS = {
     "tasks": 3,
     "evaluation": 4, "training": 4, "attention": 4, "export": 4, "inference": 4, "demo": 4, "synthetic": 4,
     "benchmark": 4, "hub": 4, "features": 4, "timeline": 4,
-    "cli": 5,
+    "beam": 5,
+    "cli": 6,
 }
 # `nonlocal_zoo/__init__.py` re-exports public names lazily (module __getattr__), so it is not a floor of its own.
 LAZY_ROOT = "nonlocal_zoo"
