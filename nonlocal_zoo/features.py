@@ -52,6 +52,8 @@ CROPS = ("center", "full")
 DEFAULT_BATCH_SIZE = 8
 MANIFEST = "manifest.jsonl"
 PADDING_RULE = "windows past the last frame repeat the last frame (padded[w] is True)"
+# what a video that cannot be read raises (VideoDecodeError is a ValueError); anything else is a bug and stops the run
+VIDEO_ERRORS = (ValueError, OSError, RuntimeError, MemoryError)
 
 
 # ---------------------------------------------------------------------------------------------------- windows
@@ -266,7 +268,7 @@ def expand_videos(videos):
         raise ValueError(f"No videos found in {list(map(os.fspath, videos))!r} (extensions {VIDEO_EXTENSIONS})")
     stems = {}
     for p in paths:
-        stems.setdefault(_stem(p), []).append(p)
+        stems.setdefault(output_stem(p), []).append(p)
     clashes = {s: ps for s, ps in stems.items() if len(ps) > 1}
     if clashes:
         stem, clash = next(iter(clashes.items()))
@@ -275,8 +277,14 @@ def expand_videos(videos):
     return paths
 
 
-def _stem(path):
-    return os.path.splitext(os.path.basename(path))[0]
+def output_stem(path):
+    """The name of a video's output file without `.npz`: its file name without the extension (also of a URI).
+
+    Example:
+        >>> output_stem("gs://bucket/talks/talk.mp4")
+        'talk'
+    """
+    return os.path.splitext(os.path.basename(os.fspath(path)))[0]
 
 
 def parse_shard(shard):
@@ -333,21 +341,18 @@ def stream_windows(videos, make_plan, views, *, num_workers=2, max_pending=64, d
         return False
 
     def work(path):
+        events = read_windows(path, make_plan, views, decode_options=options)
         try:
-            with SeekReader(path, **options) as reader:
-                plan = make_plan(reader.num_frames)
-                info = {"num_video_frames": reader.num_frames, "backend": reader.backend,
-                        "timestamp_source": reader.timestamp_source, "starts": reader.starts, "ends": reader.ends}
-                if not put(("video", path, plan, info)):
+            for event in events:
+                if not put(event[:1] + (path,) + event[1:]):
                     return
-                for w, frames in iter_windows(reader, plan):
-                    if not put(("window", path, w, views(frames))):
-                        return
             put(("done", path))
-        except (ValueError, OSError, RuntimeError, MemoryError) as error:  # VideoDecodeError is a ValueError
-            put(("error", path, " ".join(str(error).split()) or type(error).__name__, error))
+        except VIDEO_ERRORS as error:
+            put(("error", path, error_message(error), error))
         except BaseException as error:  # a bug: stop the run with it (never leave the consumer waiting)
             put(("fatal", path, error))
+        finally:
+            events.close()  # closes the reader of a video left early
 
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, int(num_workers)),
                                                  thread_name_prefix="nonlocal_zoo_decode")
@@ -364,6 +369,66 @@ def stream_windows(videos, make_plan, views, *, num_workers=2, max_pending=64, d
     finally:
         stop.set()
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def read_windows(path, make_plan, views, *, decode_options=None):
+    """The windows of one video, decoded and prepared: yields `("video", plan, reader_info)` first, then
+    `("window", w, x)` for every window `w` of the plan in order, `x = views(frames)`.
+
+    `reader_info` holds what the output file needs from the decoder: `num_video_frames`, `backend`,
+    `timestamp_source` and the frames' `starts`/`ends` (seconds). Both `stream_windows` (the single-machine
+    `extract_features`) and the Beam pipeline (`nonlocal_zoo.beam`) read videos with it.
+
+    Args:
+        path: a local video file.
+        make_plan: `num_video_frames -> WindowPlan` (see `plan_maker`).
+        views: `frames (T, H, W, 3) uint8 -> float32 (V, T, S, S, 3)` (a `WindowViews`).
+        decode_options: `SeekReader` keyword arguments.
+
+    Raises:
+        One of `VIDEO_ERRORS` when the video cannot be read (possibly after some windows were yielded).
+
+    Example:
+        >>> for event in read_windows("talk.mp4", plan_maker(clf.preprocessor.config), WindowViews(pre)): ...
+    """
+    with SeekReader(path, **dict(decode_options or {})) as reader:
+        plan = make_plan(reader.num_frames)
+        info = {"num_video_frames": reader.num_frames, "backend": reader.backend,
+                "timestamp_source": reader.timestamp_source, "starts": reader.starts, "ends": reader.ends}
+        yield "video", plan, info
+        for w, frames in iter_windows(reader, plan):
+            yield "window", w, views(frames)
+
+
+def error_message(error):
+    """The one-line message of a video's error as the manifest (and the dead-letter output) records it."""
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def run_padded(network, rows, batch_size):
+    """`network` on `rows` in forward passes of exactly `batch_size` rows (the last padded with zeros, its padding
+    dropped), so that every call has the same shape and a row's result does not depend on which rows share its batch.
+
+    Args:
+        network: `float32 (batch_size, ...) -> (batch_size, D)`, e.g. `feature_model(clf).predict_on_batch`.
+        rows: a sequence of same-shaped arrays (or one stacked array).
+        batch_size: rows per forward pass.
+
+    Returns:
+        numpy `(len(rows), D)`.
+
+    Example:
+        >>> run_padded(feature_model(clf).predict_on_batch, windows, 8).shape   # (len(windows), 2048)
+    """
+    x = np.stack(rows) if not isinstance(rows, np.ndarray) else rows
+    out = []
+    for start in range(0, len(x), batch_size):
+        part = x[start:start + batch_size]
+        n = len(part)
+        if n < batch_size:
+            part = np.concatenate([part, np.zeros((batch_size - n,) + part.shape[1:], part.dtype)])
+        out.append(np.asarray(network(part))[:n])
+    return np.concatenate(out)
 
 
 class _Batcher:
@@ -383,11 +448,7 @@ class _Batcher:
     def run(self):
         if not self.rows:
             return []
-        x = np.stack(self.rows)
-        n = len(x)
-        if n < self.batch_size:
-            x = np.concatenate([x, np.zeros((self.batch_size - n,) + x.shape[1:], x.dtype)])
-        out = np.asarray(self.network(x))[:n]
+        out = run_padded(self.network, self.rows, self.batch_size)
         done = list(zip(self.keys, out))
         self.rows, self.keys = [], []
         return done
@@ -443,16 +504,10 @@ def extract_features(videos, model, *, layer="pool5", window=None, stride=None, 
     batch_size = _positive("batch_size", batch_size)
     if stride is not None:
         _positive("stride", stride)
-    config = clf.preprocessor.config
-    make_plan = _plan_maker(config, window=window, stride=stride)
-    plan0 = make_plan(1)
+    make_plan = plan_maker(clf.preprocessor.config, window=window, stride=stride)
     paths = shard_videos(expand_videos(videos), shard)
-    metadata = {
-        "model": spec, "preset": clf.preset, "layer": layer, "window": plan0.span, "stride": plan0.stride,
-        "num_frames": plan0.num_frames, "sampling_rate": plan0.sampling_rate, "sampling": config["sampling"],
-        "crop": crop, "test_short_side": config["test_short_side"], "test_crop": config["test_crop"],
-        "padding": PADDING_RULE, "nonlocal_zoo": __version__, "dtype": clf.inference_dtype,
-    }
+    metadata = features_metadata(clf.preprocessor.config, make_plan(1), model=spec, preset=clf.preset, layer=layer,
+                                 crop=crop, dtype=clf.inference_dtype)
     network = feature_model(clf, layer)
     views = WindowViews(clf.preprocessor, crop)
     if output_dir is not None:
@@ -478,7 +533,7 @@ def extract_features(videos, model, *, layer="pool5", window=None, stride=None, 
         if s is None or not s["decoded"] or len(s["rows"]) < len(s["plan"].starts):
             return
         del state[path]
-        result = _result(path, s["plan"], s["info"], s["rows"], metadata)
+        result = features_result(path, s["plan"], s["info"], s["rows"], metadata)
         if output_dir is None:
             results[path] = result
         else:
@@ -506,8 +561,7 @@ def extract_features(videos, model, *, layer="pool5", window=None, stride=None, 
                 if output_dir is None:
                     results[path] = {"error": event[2]}
                 else:
-                    records.append(_append_manifest(output_dir, {"video": path, "status": "error",
-                                                                 "error": event[2]}))
+                    records.append(_append_manifest(output_dir, error_record(path, event[2])))
                 bars.video()
         finish_rows(batcher.run())
     finally:
@@ -527,13 +581,39 @@ def as_classifier(model, weights="auto", dtype=None):
     raise ValueError(f"`model` must be a VideoClassifier or a model name/path. Received: {type(model).__name__}")
 
 
-def _plan_maker(config, *, window, stride):
+def plan_maker(config, *, window=None, stride=None):
+    """`num_video_frames -> WindowPlan` for a preprocessing config (`num_frames`, `sampling_rate`, `sampling`) and
+    the `window`/`stride` settings, which are checked now (ValueError quoting a bad value).
+
+    Example:
+        >>> make_plan = plan_maker(clf.preprocessor.config, stride=4); make_plan(100).starts[:3]
+        array([0, 4, 8])
+    """
     T, r, sampling = config["num_frames"], config["sampling_rate"], config["sampling"]
     window_plan(1, num_frames=T, sampling_rate=r, sampling=sampling, window=window, stride=stride)  # validate now
     return lambda n: window_plan(n, num_frames=T, sampling_rate=r, sampling=sampling, window=window, stride=stride)
 
 
-def _result(path, plan, info, rows, metadata):
+def features_metadata(config, plan, *, model, preset, layer, crop, dtype):
+    """The settings recorded in every output file of a run (`metadata` of the `.npz`, before the per-video keys).
+
+    Args:
+        config: the preprocessing config of the model.
+        plan: a `WindowPlan` of the run's settings (any video length).
+        model: the model as the user named it; preset: its preset name; layer, crop: the run's settings;
+        dtype: the compute dtype (`"float32"` or `"bfloat16"`).
+    """
+    return {
+        "model": model, "preset": preset, "layer": layer, "window": plan.span, "stride": plan.stride,
+        "num_frames": plan.num_frames, "sampling_rate": plan.sampling_rate, "sampling": config["sampling"],
+        "crop": crop, "test_short_side": config["test_short_side"], "test_crop": config["test_crop"],
+        "padding": PADDING_RULE, "nonlocal_zoo": __version__, "dtype": dtype,
+    }
+
+
+def features_result(path, plan, info, rows, metadata):
+    """One video's output (the arrays of its `.npz` and its `metadata` dict) from its plan, `read_windows`' reader
+    info and its feature rows `{w: (D,) array}`."""
     features = np.stack([rows[w] for w in range(len(plan.starts))]).astype(np.float32)  # (W, D)
     starts, ends = info["starts"], info["ends"]
     timestamps = np.stack([starts[plan.frame_indices[:, 0]], ends[plan.frame_indices[:, -1]]], axis=1)  # (W, 2)
@@ -546,13 +626,38 @@ def _result(path, plan, info, rows, metadata):
             "window_frames": plan.window_frames.astype(np.int64), "metadata": meta}
 
 
-def _write(output_dir, path, result, seconds):
-    target = os.path.join(output_dir, _stem(path) + ".npz")
-    tmp = os.path.join(output_dir, f".{_stem(path)}.npz.tmp-{os.getpid()}")
+def save_result(f, result):
+    """Writes one video's output (`features_result`) as `.npz` into the binary file object `f`."""
     arrays = {k: v for k, v in result.items() if k != "metadata"}
+    np.savez(f, metadata=np.array(json.dumps(result["metadata"], sort_keys=True)), **arrays)
+
+
+def manifest_record(path, result, seconds):
+    """The manifest line (a dict) of a video written to `<stem>.npz` in `seconds`."""
+    meta = result["metadata"]
+    return {
+        "video": path, "status": "ok", "output": output_stem(path) + ".npz", "windows": meta["num_windows"],
+        "padded_windows": meta["padded_windows"], "num_video_frames": meta["num_video_frames"],
+        "feature_dim": meta["feature_dim"], "model": meta["model"], "layer": meta["layer"],
+        "stride": meta["stride"], "window": meta["window"], "seconds": round(seconds, 3)}
+
+
+def error_record(path, message):
+    """The manifest line (a dict) of a video that could not be read."""
+    return {"video": path, "status": "error", "error": message}
+
+
+def manifest_line(record):
+    """A manifest record as its line of `manifest.jsonl` (JSON with sorted keys, without the newline)."""
+    return json.dumps(record, sort_keys=True)
+
+
+def _write(output_dir, path, result, seconds):
+    target = os.path.join(output_dir, output_stem(path) + ".npz")
+    tmp = os.path.join(output_dir, f".{output_stem(path)}.npz.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
-            np.savez(f, metadata=np.array(json.dumps(result["metadata"], sort_keys=True)), **arrays)
+            save_result(f, result)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, target)
@@ -560,19 +665,14 @@ def _write(output_dir, path, result, seconds):
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
-    meta = result["metadata"]
-    return _append_manifest(output_dir, {
-        "video": path, "status": "ok", "output": os.path.basename(target), "windows": meta["num_windows"],
-        "padded_windows": meta["padded_windows"], "num_video_frames": meta["num_video_frames"],
-        "feature_dim": meta["feature_dim"], "model": meta["model"], "layer": meta["layer"],
-        "stride": meta["stride"], "window": meta["window"], "seconds": round(seconds, 3)})
+    return _append_manifest(output_dir, manifest_record(path, result, seconds))
 
 
 _MANIFEST_LOCK = threading.Lock()
 
 
 def _append_manifest(output_dir, record):
-    line = (json.dumps(record, sort_keys=True) + "\n").encode("utf-8")
+    line = (manifest_line(record) + "\n").encode("utf-8")
     with _MANIFEST_LOCK:
         fd = os.open(os.path.join(output_dir, MANIFEST), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
@@ -588,7 +688,7 @@ _COMPARED = ("model", "layer", "window", "stride", "crop", "num_frames", "sampli
 
 def _finished(output_dir, path, metadata):
     """Whether `OUT/<stem>.npz` exists (complete: it was renamed into place); refuses one made with other settings."""
-    target = os.path.join(output_dir, _stem(path) + ".npz")
+    target = os.path.join(output_dir, output_stem(path) + ".npz")
     if not os.path.exists(target):
         return False
     try:
@@ -672,5 +772,8 @@ def load_features(path):
     return out
 
 
-__all__ = ["CROPS", "WindowPlan", "WindowViews", "as_classifier", "expand_videos", "extract_features", "feature_model",
-           "iter_windows", "load_features", "parse_shard", "shard_videos", "stream_windows", "window_plan"]
+__all__ = ["CROPS", "VIDEO_ERRORS", "WindowPlan", "WindowViews", "as_classifier", "error_message", "error_record",
+           "expand_videos", "extract_features", "feature_model", "features_metadata", "features_result",
+           "iter_windows", "load_features", "manifest_line", "manifest_record", "output_stem", "parse_shard",
+           "plan_maker", "read_windows", "run_padded", "save_result", "shard_videos", "stream_windows",
+           "window_plan"]

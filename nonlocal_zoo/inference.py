@@ -12,6 +12,8 @@ Example:
 """
 import os
 
+import numpy as np
+
 from nonlocal_zoo.tasks import VideoClassifier, resolve
 
 
@@ -72,7 +74,20 @@ def classify(model, videos, *, top_k=5, num_clips=1, num_crops=1, on_error="repo
                 raise
             results.append({"video": name, "error": " ".join(str(error).split()) or type(error).__name__})
             continue
-        top = model.decode_predictions(scores, top=top_k)[0]
-        results.append({"video": name, "views": num_clips * num_crops,
-                        "top": [{"label": label, "index": index, "score": score} for index, label, score in top]})
+        results.append(top_k_row(name, scores[0], model.labels, top_k=top_k, views=num_clips * num_crops))
     return results
+
+
+def top_k_row(video, scores, labels, *, top_k, views):
+    """One video's result as `classify` returns it: `{"video", "views", "top": [{"label", "index", "score"}, ...]}`
+    with the `top_k` best classes of its aggregated `scores` (C,) named by `labels`, best first.
+
+    Example:
+        >>> top_k_row("a.mp4", np.array([0.1, 0.7, 0.2]), ["x", "y", "z"], top_k=2, views=1)["top"][0]["label"]
+        'y'
+    """
+    from nonlocal_zoo.pretrained.labels import decode_predictions
+
+    top = decode_predictions(np.asarray(scores)[None], top=top_k, labels=list(labels))[0]  # (1, C) -> one row
+    return {"video": video, "views": views,
+            "top": [{"label": label, "index": index, "score": score} for index, label, score in top]}
