@@ -23,6 +23,9 @@ Sections (`--sections`, default all):
   rate and plain OpenCV decoding.
 - `backends`: the same block and a tiny backbone under KERAS_BACKEND=jax and =torch (one process each), time and
   max |difference| against TensorFlow.
+- `families`: the float32 forward of one preset per family (official 8x8 / 32x2, PySlowFast, mmaction2, gluon-cv)
+  at its protocol's input geometries, as `classify` runs it, in GFLOP/s and % of the matmul peak measured
+  interleaved with it (`nonlocal_zoo.benchmark.families`).
 - `coldstart`: `nonlocal-zoo classify CLIP --model M` of one clip from fresh processes, split into phases (imports,
   model build, weight load, views, first and second forward pass) and timed end to end
   (`nonlocal_zoo.benchmark.coldstart`).
@@ -52,6 +55,7 @@ from nonlocal_zoo.benchmark.block import (
 )
 from nonlocal_zoo.benchmark.chunking import affinity_bytes, bench_chunking
 from nonlocal_zoo.benchmark.coldstart import bench_coldstart, measure_coldstart, probe_coldstart
+from nonlocal_zoo.benchmark.families import FAMILIES, bench_families, family_geometries
 from nonlocal_zoo.benchmark.config import (
                                           BLOCK_SHAPES,
                                           CHUNK_SHAPES,
@@ -62,7 +66,7 @@ from nonlocal_zoo.benchmark.config import (
                                           SECTIONS,
                                           TINY_ARCH,
 )
-from nonlocal_zoo.benchmark.machine import bench_matmul, machine_info
+from nonlocal_zoo.benchmark.machine import bench_matmul, machine_info, matmul_callables, matmul_rates
 from nonlocal_zoo.benchmark.models import bench_models, keras_model, torch_model_like
 from nonlocal_zoo.benchmark.pipeline import bench_pipeline, measure_pipeline, plain_opencv, write_clips
 from nonlocal_zoo.benchmark.precision import bench_precision, randomize_weights
@@ -81,8 +85,8 @@ from nonlocal_zoo.benchmark.timing import (
 __all__ = [
     "BLOCK_SHAPES", "CHUNK_SHAPES", "DEFAULT_OUTPUT", "FULL", "GENERATED_END", "GENERATED_START", "MODELS", "QUICK",
     "SECTIONS", "TINY_ARCH", "affinity_bytes", "backend_fixture", "bench_backends", "bench_block", "bench_chunking",
-    "bench_coldstart", "bench_matmul", "bench_models", "bench_pipeline", "bench_precision", "block_callables", "configure_threads", "import_pytorchvideo",
-    "import_torch", "input_gradient", "keras_model", "machine_info", "make_block", "measure_memory",
+    "bench_coldstart", "bench_families", "bench_matmul", "FAMILIES", "family_geometries", "bench_models", "bench_pipeline", "bench_precision", "block_callables", "configure_threads", "import_pytorchvideo",
+    "import_torch", "input_gradient", "keras_model", "machine_info", "make_block", "matmul_callables", "matmul_rates", "measure_memory",
     "measure_coldstart", "measure_pipeline", "median", "peak_memory", "plain_opencv", "probe_backend", "probe_block_memory", "probe_coldstart",
     "random_block_weights", "randomize_weights", "render_markdown", "run", "run_and_report", "run_probes", "time_interleaved",
     "torch_block_callable", "torch_block_like", "torch_model_like", "write_clips", "write_report",

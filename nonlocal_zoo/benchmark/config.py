@@ -7,7 +7,10 @@ Example:
 """
 import os
 
-SECTIONS = ("machine", "matmul", "block", "chunking", "models", "precision", "pipeline", "backends", "coldstart")
+from nonlocal_zoo.benchmark.families import FAMILIES, QUICK_FAMILIES
+
+SECTIONS = ("machine", "matmul", "block", "chunking", "models", "precision", "pipeline", "backends", "coldstart",
+            "families")
 DEFAULT_OUTPUT = os.path.join("benchmarks", "RESULTS.md")
 
 # Block shapes (T, H, W, C) of the official networks at a 224 crop. 8x8 (repo geometry) and 32x2 (paper geometry)
@@ -40,6 +43,8 @@ FULL = {
     # (model, num_clips, num_crops); a full-size preset is measured when its converted weights are cached (offline)
     "coldstart": (("demo", 1, 1), ("demo", 10, 1), ("i3d_nl5_r50_8x8_kinetics400", 1, 1),
                   ("i3d_nl5_r50_8x8_kinetics400", 10, 1)), "coldstart_repeats": 3,
+    # (family, preset) forwards interleaved with the float32 matmul peak (nonlocal_zoo.benchmark.families)
+    "families": FAMILIES, "families_repeats": 3, "families_warmup": 1,
 }
 # CI: tiny shapes, the same code paths; < 60 s on two cores.
 QUICK = {
@@ -50,6 +55,7 @@ QUICK = {
     "precision_clips_per_class": 2, "precision_demo_batch": 8, "precision_batch": 2, "precision_inputs": 4,
     "precision_repeats": 2, "precision_models": (("tiny I3D-NL", "tiny_nl_i3d", (4, 32, 32, 3)),),
     "coldstart": (("demo", 10, 1),), "coldstart_repeats": 1,  # two fresh processes, ~10 s
+    "families": QUICK_FAMILIES, "families_repeats": 2, "families_warmup": 1,
 }
 # A reduced I3D-NL backbone for the quick mode and the backend checks (same builder, same code paths). Few distinct
 # weight shapes: JAX compiles its random initializers once per shape, seconds each on a loaded machine.

@@ -40,27 +40,40 @@ def machine_info():
     return info
 
 
-def bench_matmul(cfg):
-    """Dense square matmul GFLOP/s (2 n^3 per product), TensorFlow and PyTorch, float32 and bfloat16."""
+def matmul_callables(n, dtypes=("float32", "bfloat16")):
+    """`{"<library> <dtype>": callable}`: one dense `(n, n) x (n, n)` product per call, TensorFlow and PyTorch (when
+    installed), for each dtype; 2 n^3 FLOPs each. Time them with `time_interleaved` and turn the times into rates with
+    `matmul_rates` (the `families` section interleaves them with its model runs)."""
     import tensorflow as tf
 
-    n = cfg["matmul_size"]
     a = np.random.default_rng(0).standard_normal((n, n)).astype("float32")
     fns = {}
-    for dtype in ("float32", "bfloat16"):
+    for dtype in dtypes:
         x = tf.cast(tf.constant(a), dtype)
         fns[f"tensorflow {dtype}"] = (lambda x=x: tf.linalg.matmul(x, x).numpy())
     torch = import_torch()
     if torch is not None:
-        for dtype in ("float32", "bfloat16"):
+        for dtype in dtypes:
             x = torch.from_numpy(a).to(getattr(torch, dtype))
             fns[f"torch {dtype}"] = (lambda x=x: torch.matmul(x, x))
-    times = time_interleaved(fns, warmup=cfg["warmup"], repeats=2 * cfg["repeats"])
+    return fns
+
+
+def matmul_rates(times, n, dtypes=("float32", "bfloat16")):
+    """The peak of `time_interleaved` times of `matmul_callables(n)`: GFLOP/s of each (best repeat), GFLOP per
+    CPU-second (median) and `peak_<dtype>` / `peak_<dtype>_per_cpu_s`, the best library of each dtype."""
     rows = {name: 2 * n**3 / t["min_s"] / 1e9 for name, t in times.items()}  # the peak: best of the repeats
     # GFLOP per CPU-second (all threads): the per-core rate, insensitive to other processes taking cores.
     per_cpu = {name: 2 * n**3 / t["cpu_median_s"] / 1e9 for name, t in times.items()}
     result = {"size": n, "gflops": rows, "gflops_per_cpu_s": per_cpu}
-    for dtype in ("float32", "bfloat16"):
+    for dtype in dtypes:
         result[f"peak_{dtype}"] = max(v for k, v in rows.items() if k.endswith(f" {dtype}"))
         result[f"peak_{dtype}_per_cpu_s"] = max(v for k, v in per_cpu.items() if k.endswith(f" {dtype}"))
     return result
+
+
+def bench_matmul(cfg):
+    """Dense square matmul GFLOP/s (2 n^3 per product), TensorFlow and PyTorch, float32 and bfloat16."""
+    n = cfg["matmul_size"]
+    times = time_interleaved(matmul_callables(n), warmup=cfg["warmup"], repeats=2 * cfg["repeats"])
+    return matmul_rates(times, n)

@@ -7,6 +7,8 @@ Example:
 import os
 import time
 
+from nonlocal_zoo.benchmark.families import render_families
+
 
 def _ms(t):
     """Median milliseconds of a timing, or "n/a"."""
@@ -41,7 +43,8 @@ def render_markdown(results, command):
             f"({'quick' if results['config']['quick'] else 'full'} mode, {results['config']['threads']} threads, "
             f"wall {results['wall_s']:.0f} s). Times are medians of interleaved runs; "
             "**speed-up = PyTorch time / our time** (> 1: we are faster).", ""]
-    for section in ("machine", "matmul", "block", "chunking", "models", "precision", "pipeline", "backends", "coldstart"):
+    for section in ("machine", "matmul", "block", "chunking", "models", "precision", "pipeline", "backends", "coldstart",
+                    "families"):
         if section in results:
             out += _RENDERERS[section](results)
     return "\n".join(out)
@@ -230,6 +233,7 @@ _RENDERERS = {
     "pipeline": _render_pipeline,
     "backends": _render_backends,
     "coldstart": _render_coldstart,
+    "families": render_families,
 }
 
 

@@ -14,6 +14,7 @@ from nonlocal_zoo.benchmark.backends import bench_backends
 from nonlocal_zoo.benchmark.block import bench_block
 from nonlocal_zoo.benchmark.chunking import bench_chunking
 from nonlocal_zoo.benchmark.coldstart import bench_coldstart
+from nonlocal_zoo.benchmark.families import bench_families
 from nonlocal_zoo.benchmark.config import DEFAULT_OUTPUT, FULL, QUICK, SECTIONS
 from nonlocal_zoo.benchmark.machine import bench_matmul, machine_info
 from nonlocal_zoo.benchmark.models import bench_models
@@ -79,6 +80,8 @@ def _run_section(section, cfg, results, log):
         return bench_backends(cfg, log)
     if section == "coldstart":
         return bench_coldstart(cfg, log)
+    if section == "families":
+        return bench_families(cfg, log)
     raise ValueError(f"Unknown benchmark section. Expected one of {SECTIONS}. Received: section={section!r}")
 
 
