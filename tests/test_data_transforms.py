@@ -219,6 +219,22 @@ def test_normalisation_per_protocol():
     np.testing.assert_allclose(bgr, x[..., ::-1] - np.array((1.0, 2.0, 3.0)))
 
 
+@pytest.mark.parametrize("shape, dtype, order", [((2, 3, 5, 7, 3), np.uint8, "RGB"), ((3, 4, 3), np.float32, "RGB"),
+                                                 ((6, 5, 3), np.uint8, "BGR"), ((3,), np.uint8, "RGB"),
+                                                 ((2, 9, 3), np.float64, "RGB")])
+def test_per_channel_normalisation_is_bit_exact(shape, dtype, order):
+    """The row-wise per-channel path computes x * factor_c + offset_c in float32, exactly as one channel at a time."""
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 256, size=shape).astype(dtype)
+    mean, std = np.array([123.675, 116.28, 103.53]), np.array([58.395, 57.12, 57.375])
+    factor, offset = (1.0 / std).astype(np.float32), (-mean / std).astype(np.float32)
+    src = x[..., ::-1] if order == "BGR" else x
+    expected = np.empty(shape, np.float32)
+    for c in range(3):  # the reference: float32 multiply then float32 add, channel by channel
+        expected[..., c] = (src[..., c] * factor[c]).astype(np.float32) + offset[c]
+    np.testing.assert_array_equal(normalize(x, mean=mean, std=std, channel_order=order), expected)
+
+
 def test_preset_resolution_and_overrides():
     config = resolve_preprocessing({"preprocessing": {"num_frames": 32, "sampling_rate": 2, "sampling": "mmaction2"}},
                                    test_crop=224)

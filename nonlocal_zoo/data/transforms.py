@@ -287,7 +287,9 @@ def normalize(frames, *, mean, std, scale=255.0, channel_order="RGB", dtype="flo
     if np.any(std == 0):
         raise ValueError(f"`std` must be non-zero. Received: std={std.tolist()}")
     # x * (scale / 255 / std) + (-mean / std): one multiply into float32 and one in-place add. Per-channel values
-    # go channel by channel (a length-3 broadcast would make numpy's inner loop 3 elements long, ~10x slower).
+    # go row by row against the factors tiled along a row of pixels (W * 3 values, channels interleaved): numpy's
+    # inner loop stays long and contiguous (a length-3 broadcast makes it 3 elements long, ~10x slower; strided
+    # per-channel passes ~2x slower). Same float32 operations, bit for bit, as channel by channel.
     factor = np.broadcast_to(np.float64(scale) / 255.0 / std.astype(np.float64), (3,)).astype(np.float32)
     offset = np.broadcast_to(-mean.astype(np.float64) / std.astype(np.float64), (3,)).astype(np.float32)
     out = np.empty(x.shape, np.float32)
@@ -295,7 +297,9 @@ def normalize(frames, *, mean, std, scale=255.0, channel_order="RGB", dtype="flo
         np.multiply(x, factor[0], out=out, casting="unsafe")
         out += offset[0]
     else:
-        for c in range(3):
-            np.multiply(x[..., c], factor[c], out=out[..., c], casting="unsafe")
-            out[..., c] += offset[c]
+        x = np.ascontiguousarray(x)
+        pixels = x.shape[-2] if x.ndim >= 2 else 1
+        rows, out_rows = x.reshape(-1, 3 * pixels), out.reshape(-1, 3 * pixels)  # (N * ... * H, W * 3)
+        np.multiply(rows, np.tile(factor, pixels), out=out_rows, casting="unsafe")
+        out_rows += np.tile(offset, pixels)
     return out.astype(dtype, copy=False)
