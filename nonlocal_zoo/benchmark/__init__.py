@@ -29,6 +29,9 @@ Sections (`--sections`, default all):
 - `coldstart`: `nonlocal-zoo classify CLIP --model M` of one clip from fresh processes, split into phases (imports,
   model build, weight load, views, first and second forward pass) and timed end to end
   (`nonlocal_zoo.benchmark.coldstart`).
+- `e2e`: `classify` of mmaction2's demo clip against mmaction2's `inference_recognizer` run in its own venv
+  (`scripts/setup_mmaction2_venv.sh`), same checkpoint (mmaction2's own, converted), same views, float32 and
+  bfloat16, with our time split into views, normalisation and forward (`nonlocal_zoo.benchmark.e2e`).
 
 Peak memory is the growth of the resident set (Linux `VmHWM`, reset through `/proc/self/clear_refs`) of a fresh
 process over its size before the measured calls; TensorFlow allocations are invisible to `tracemalloc`.
@@ -55,6 +58,7 @@ from nonlocal_zoo.benchmark.block import (
 )
 from nonlocal_zoo.benchmark.chunking import affinity_bytes, bench_chunking
 from nonlocal_zoo.benchmark.coldstart import bench_coldstart, measure_coldstart, probe_coldstart
+from nonlocal_zoo.benchmark.e2e import bench_e2e, find_mmaction2_python, find_video, render_e2e
 from nonlocal_zoo.benchmark.families import FAMILIES, bench_families, family_geometries
 from nonlocal_zoo.benchmark.config import (
                                           BLOCK_SHAPES,

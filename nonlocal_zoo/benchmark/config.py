@@ -10,7 +10,7 @@ import os
 from nonlocal_zoo.benchmark.families import FAMILIES, QUICK_FAMILIES
 
 SECTIONS = ("machine", "matmul", "block", "chunking", "models", "precision", "pipeline", "backends", "coldstart",
-            "families")
+            "families", "e2e")
 DEFAULT_OUTPUT = os.path.join("benchmarks", "RESULTS.md")
 
 # Block shapes (T, H, W, C) of the official networks at a 224 crop. 8x8 (repo geometry) and 32x2 (paper geometry)
@@ -45,6 +45,9 @@ FULL = {
                   ("i3d_nl5_r50_8x8_kinetics400", 10, 1)), "coldstart_repeats": 3,
     # (family, preset) forwards interleaved with the float32 matmul peak (nonlocal_zoo.benchmark.families)
     "families": FAMILIES, "families_repeats": 3, "families_warmup": 1,
+    # classify vs mmaction2 (nonlocal_zoo.benchmark.e2e): mmaction2's demo clip, 2 clips x 3 crops of 256
+    "e2e": {"preset": "i3d_nl5_r50_32x2_kinetics400_mmaction2_embedded", "video": "demo.mp4", "num_clips": 2,
+            "num_crops": 3, "repeats": 5, "phase_repeats": 2, "batch_size": 8, "compare": True, "weights": None},
 }
 # CI: tiny shapes, the same code paths; < 60 s on two cores.
 QUICK = {
@@ -56,6 +59,8 @@ QUICK = {
     "precision_repeats": 2, "precision_models": (("tiny I3D-NL", "tiny_nl_i3d", (4, 32, 32, 3)),),
     "coldstart": (("demo", 10, 1),), "coldstart_repeats": 1,  # two fresh processes, ~10 s
     "families": QUICK_FAMILIES, "families_repeats": 2, "families_warmup": 1,
+    "e2e": {"preset": "demo", "video": "rendered", "num_clips": 2, "num_crops": 3, "repeats": 2, "phase_repeats": 1,
+            "batch_size": 8, "compare": False, "weights": "auto"},
 }
 # A reduced I3D-NL backbone for the quick mode and the backend checks (same builder, same code paths). Few distinct
 # weight shapes: JAX compiles its random initializers once per shape, seconds each on a loaded machine.

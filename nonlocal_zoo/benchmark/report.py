@@ -7,6 +7,7 @@ Example:
 import os
 import time
 
+from nonlocal_zoo.benchmark.e2e import render_e2e
 from nonlocal_zoo.benchmark.families import render_families
 
 
@@ -44,7 +45,7 @@ def render_markdown(results, command):
             f"wall {results['wall_s']:.0f} s). Times are medians of interleaved runs; "
             "**speed-up = PyTorch time / our time** (> 1: we are faster).", ""]
     for section in ("machine", "matmul", "block", "chunking", "models", "precision", "pipeline", "backends", "coldstart",
-                    "families"):
+                    "families", "e2e"):
         if section in results:
             out += _RENDERERS[section](results)
     return "\n".join(out)
@@ -234,6 +235,7 @@ _RENDERERS = {
     "backends": _render_backends,
     "coldstart": _render_coldstart,
     "families": render_families,
+    "e2e": render_e2e,
 }
 
 

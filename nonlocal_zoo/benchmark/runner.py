@@ -14,6 +14,7 @@ from nonlocal_zoo.benchmark.backends import bench_backends
 from nonlocal_zoo.benchmark.block import bench_block
 from nonlocal_zoo.benchmark.chunking import bench_chunking
 from nonlocal_zoo.benchmark.coldstart import bench_coldstart
+from nonlocal_zoo.benchmark.e2e import bench_e2e
 from nonlocal_zoo.benchmark.families import bench_families
 from nonlocal_zoo.benchmark.config import DEFAULT_OUTPUT, FULL, QUICK, SECTIONS
 from nonlocal_zoo.benchmark.machine import bench_matmul, machine_info
@@ -24,7 +25,8 @@ from nonlocal_zoo.benchmark.report import render_markdown, write_report
 from nonlocal_zoo.benchmark.timing import configure_threads
 
 
-def run(*, quick=False, sections=SECTIONS, threads=None, model_batches=None, model_frames=None, log=print):
+def run(*, quick=False, sections=SECTIONS, threads=None, model_batches=None, model_frames=None, mmaction2_python=None,
+        e2e_video=None, log=print):
     """Run the benchmark sections; returns the results dict (see `render_markdown`).
 
     Args:
@@ -33,6 +35,10 @@ def run(*, quick=False, sections=SECTIONS, threads=None, model_batches=None, mod
         threads: intra-op threads of TensorFlow and PyTorch. Defaults to all cores.
         model_batches: batch sizes of the `models` section (default 1 and 8).
         model_frames: clip lengths of the `models` section (default 8 and 32).
+        mmaction2_python: the Python of an mmaction2 venv for the `e2e` section (default:
+            `$NONLOCAL_ZOO_MMACTION2_PYTHON`, else `/work/venvs/mmaction2/bin/python` when it exists).
+        e2e_video: the video of the `e2e` section (default: `$NONLOCAL_ZOO_E2E_VIDEO`, else mmaction2's demo clip
+            inside the mmaction2 venv).
         log: progress messages.
     """
     cfg = dict(QUICK if quick else FULL)
@@ -43,6 +49,7 @@ def run(*, quick=False, sections=SECTIONS, threads=None, model_batches=None, mod
         cfg["models"] = tuple(m for m in cfg["models"] if m[2] in model_frames)
     cfg["threads"] = configure_threads(threads or os.cpu_count() or 1)
     cfg["isolated_memory"] = not quick
+    cfg["mmaction2_python"], cfg["e2e_video"] = mmaction2_python, e2e_video
     import keras
 
     if keras.backend.backend() != "tensorflow":
@@ -80,6 +87,8 @@ def _run_section(section, cfg, results, log):
         return bench_backends(cfg, log)
     if section == "coldstart":
         return bench_coldstart(cfg, log)
+    if section == "e2e":
+        return bench_e2e(cfg, log, results.get("matmul"))
     if section == "families":
         return bench_families(cfg, log)
     raise ValueError(f"Unknown benchmark section. Expected one of {SECTIONS}. Received: section={section!r}")
