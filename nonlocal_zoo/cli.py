@@ -9,6 +9,8 @@ Example:
     $ nonlocal-zoo classify clip.mp4 --model i3d_nl5_r50_8x8_kinetics400 --top-k 5
     $ nonlocal-zoo attention clip.mp4 --model demo --query 4,32,32 --out attention/
     $ nonlocal-zoo features videos/ --model demo --stride 4 --out feats/
+    $ nonlocal-zoo features 'gs://bucket/videos/*.mp4' --model demo --out gs://bucket/feats/ --runner DataflowRunner \
+          --project my-project --region europe-west1 --temp_location gs://bucket/tmp
     $ nonlocal-zoo timeline match.mp4 --model demo --top-k 3 --out timeline/ --annotate
 """
 import argparse
@@ -136,10 +138,15 @@ def _check_model_arg(args):
 
 
 def _cmd_classify(args):
+    if args.runner is not None:
+        return _cmd_beam(args, "classify", args.videos, top_k=args.top_k, num_clips=args.num_clips,
+                         num_crops=args.num_crops)
     from nonlocal_zoo.inference import classify
 
     model = _load(args)
-    results = classify(model, args.videos, top_k=args.top_k, num_clips=args.num_clips, num_crops=args.num_crops)
+    num_clips = 1 if args.num_clips is None else args.num_clips  # one view unless asked (the Beam job: the preset's)
+    num_crops = 1 if args.num_crops is None else args.num_crops
+    results = classify(model, args.videos, top_k=args.top_k, num_clips=num_clips, num_crops=num_crops)
     failed = [r for r in results if "error" in r]
     if args.json:
         _print_json(results)
@@ -243,7 +250,34 @@ def _cmd_demo(args):
     return EXIT_OK
 
 
+def _cmd_beam(args, job, sources, **job_kwargs):
+    """`classify`/`features` with `--runner`: the Apache Beam pipeline of `nonlocal_zoo.beam` (the remaining command
+    line words are Beam's pipeline options)."""
+    from nonlocal_zoo.beam import run_pipeline
+
+    options = ["--runner", args.runner, *args.beam_options]
+    summary = run_pipeline(job, sources, args.out, options=options, model=args.model, weights=args.weights,
+                           preset=args.preset, labels=args.labels, dtype=args.dtype, batch_size=args.batch_size,
+                           min_batch_size=args.min_batch_size, max_batch_size=args.max_batch_size, **job_kwargs)
+    failed = summary["dead_letter"]
+    if args.json:
+        _print_json(summary)
+    else:
+        ok = summary["videos_ok"]
+        print(f"{job} on {args.runner}: {summary['state']}, {'?' if ok is None else ok} video(s) written to "
+              f"{args.out}, {len(failed)} failed (see {os.path.join(args.out, 'dead_letter.jsonl')})")
+    for record in failed:
+        print(f"error: {record['video']}: {record['error']}", file=sys.stderr)
+    return EXIT_FAILURE if failed else EXIT_OK
+
+
 def _cmd_features(args):
+    if args.runner is not None:
+        if args.shard is not None or args.no_resume:
+            raise UsageError("--shard and --no-resume apply to the single-machine command; with --runner the "
+                             "pipeline spreads the videos over its workers and writes every video")
+        return _cmd_beam(args, "features", args.inputs, layer=args.layer, window=args.window, stride=args.stride,
+                         crop=args.crop)
     from nonlocal_zoo.features import expand_videos, extract_features, shard_videos
 
     model = _load(args)
@@ -547,15 +581,38 @@ def _add_classify_command(sub, formatter):
                        description="Classify videos: top-k labels with scores, averaged over the views.",
                        epilog="Example: nonlocal-zoo classify clip.mp4 --model i3d_nl5_r50_8x8_kinetics400 "
                               "--num-clips 10 --num-crops 3")
-    p.add_argument("videos", nargs="+", metavar="VIDEO", help="video files")
+    p.add_argument("videos", nargs="+", metavar="VIDEO",
+                   help="video files (with --runner: also globs, folders and .txt/.csv lists, local or URIs)")
     _add_model_args(p)
     p.add_argument("--top-k", "-k", type=_positive_int, default=5, help="labels per video (default: 5)")
-    p.add_argument("--num-clips", type=_num_clips, default=1,
-                   help=f"temporal views per video, 1 to {MAX_TEST_CLIPS} (default: 1)")
-    p.add_argument("--num-crops", type=int, choices=(1, 3), default=1, help="spatial crops per view (default: 1)")
+    p.add_argument("--num-clips", type=_num_clips, default=None,
+                   help=f"temporal views per video, 1 to {MAX_TEST_CLIPS} (default: 1; with --runner the preset's)")
+    p.add_argument("--num-crops", type=int, choices=(1, 3), default=None,
+                   help="spatial crops per view (default: 1; with --runner the preset's)")
     _add_dtype_arg(p)
     p.add_argument("--json", action="store_true", help="print JSON")
+    _add_beam_args(p, job="classify")
     p.set_defaults(handler=_cmd_classify)
+
+
+def _add_beam_args(p, *, job):
+    """`--runner` and the options of the Beam pipeline (`classify`, `features`)."""
+    from nonlocal_zoo.beam import RUNNERS
+
+    g = p.add_argument_group("Apache Beam (pip install 'nonlocal_zoo[beam]'); other --flags go to Beam's pipeline "
+                             "options, e.g. --direct_num_workers 2 --direct_running_mode multi_processing, "
+                             "--project/--region/--temp_location (Dataflow), --flink_master, --spark_master_url")
+    g.add_argument("--runner", choices=RUNNERS, default=None,
+                   help="run as an Apache Beam pipeline on this runner (default: this machine, no Beam)")
+    if job == "classify":
+        g.add_argument("--out", "-o", default=None,
+                       help="with --runner: output folder or URI (predictions-*.jsonl, dead_letter.jsonl)")
+        g.add_argument("--batch-size", type=_positive_int, default=8,
+                       help="with --runner: views per forward pass (default: 8)")
+    g.add_argument("--min-batch-size", type=_positive_int, default=1,
+                   help="with --runner: smallest batch RunInference forms (default: 1)")
+    g.add_argument("--max-batch-size", type=_positive_int, default=None,
+                   help="with --runner: largest batch RunInference forms, across videos (default: --batch-size)")
 
 
 def _add_evaluate_command(sub, formatter):
@@ -667,6 +724,7 @@ def _add_features_command(sub, formatter):
     p.add_argument("--workers", type=_positive_int, default=2, help="videos decoded in parallel (default: 2)")
     p.add_argument("--no-resume", action="store_true", help="extract again videos whose output file exists")
     p.add_argument("--json", action="store_true", help="print the manifest records of this run as JSON")
+    _add_beam_args(p, job="features")
     p.set_defaults(handler=_cmd_features)
 
 
@@ -747,7 +805,11 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     command = _command_of(argv)
     parser = build_parser(command)
-    args = parser.parse_args(argv)
+    if command in ("classify", "features") and any(a == "--runner" or a.startswith("--runner=") for a in argv):
+        args, beam_options = parser.parse_known_args(argv)  # the words we do not know are Beam's pipeline options
+        args.beam_options = beam_options
+    else:
+        args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
@@ -807,6 +869,8 @@ def _flush_standard_streams():
 
 def _precheck(args):
     """Argument checks that need no TensorFlow: files named as videos, models, weights and labels."""
+    if getattr(args, "runner", None) is not None:
+        return _precheck_beam(args)
     for path in getattr(args, "videos", None) or ([args.video] if getattr(args, "video", None) else []):
         _check_video_path(path)
     if args.command == "features":
@@ -815,6 +879,20 @@ def _precheck(args):
                 raise UsageError(f"No such video, folder or list file: {path!r}")
     if getattr(args, "model", None) is not None and args.command in ("classify", "evaluate", "attention", "export",
                                                                      "features", "timeline"):
+        _check_model_arg(args)
+
+
+def _precheck_beam(args):
+    """`classify`/`features --runner`: Beam is installed, an output is named, local sources and the model exist."""
+    from nonlocal_zoo.beam import require_beam
+
+    require_beam()  # ImportError naming the extra: one `error:` line, exit 2
+    if args.out is None:
+        raise UsageError(f"`{args.command} --runner` writes files: pass --out DIR (a folder or a URI)")
+    for path in getattr(args, "videos", None) or args.inputs:
+        if "://" not in path and not any(c in path for c in "*?[") and not os.path.exists(path):
+            raise UsageError(f"No such video, folder or list file: {path!r}")
+    if "://" not in args.model:
         _check_model_arg(args)
 
 

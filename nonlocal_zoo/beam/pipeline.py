@@ -62,6 +62,7 @@ OUTPUT_FILES = {"classify": ("predictions-SSSSS-of-NNNNN.jsonl", DEAD_LETTER),
 LIST_SUFFIXES = (".txt", ".csv")
 CSV_HEADERS = ("path", "video", "uri", "url", "filename", "file")
 NAMESPACE = "nonlocal_zoo"
+LOAD_LOG_ENV = "NONLOCAL_ZOO_BEAM_LOAD_LOG"
 DEFAULT_BATCH_SIZE = 8
 
 
@@ -339,6 +340,7 @@ class ZooModelHandler(ModelHandler):
         batch_size: rows per forward pass (the last one padded).
         min_batch_size, max_batch_size: Beam's batching bounds (batches span videos).
         load_log: a local file; each model load appends the worker's pid on one line (for tests and audits).
+            Defaults to the environment variable `NONLOCAL_ZOO_BEAM_LOAD_LOG` of the launching process (unset: none).
 
     Example:
         >>> handler = KeyedModelHandler(ZooModelHandler("demo", job="classify"))
@@ -352,12 +354,11 @@ class ZooModelHandler(ModelHandler):
             raise ValueError(f"`job` must be one of {JOBS}. Received: job={job!r}")
         self.model, self.job, self.kind = os.fspath(model), job, kind
         self.weights, self.preset, self.labels, self.dtype = weights, preset, labels, dtype
-        self.rule, self.layer, self.batch_size, self.load_log = rule, layer, batch_size, load_log
+        self.rule, self.layer, self.batch_size = rule, layer, batch_size
+        self.load_log = load_log or os.environ.get(LOAD_LOG_ENV) or None  # read here, in the launching process
 
     def load_model(self):
-        """The runner of this worker process: `numpy batch -> numpy results` (counted in the `model_loads`
-        metric and in `load_log`)."""
-        beam.metrics.Metrics.counter(NAMESPACE, "model_loads").inc()
+        """The runner of this worker process: `numpy batch -> numpy results` (each call logged in `load_log`)."""
         if self.load_log:
             fd = os.open(self.load_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             try:
@@ -555,7 +556,8 @@ def build_pipeline(pipeline, job, sources, output_dir, *, model, weights="auto",
             defaults to `batch_size`.
         decode_options: `SeekReader` options (`backend`, `timeout`, `num_threads`, `max_pixels`).
         num_shards: classify: files of `predictions-*.jsonl` (0: the runner decides).
-        load_log: a local file to which every model load appends its process id (tests count them).
+        load_log: a local file to which every model load appends its process id (tests count them; default: the
+            environment variable `NONLOCAL_ZOO_BEAM_LOAD_LOG`).
 
     Returns:
         `{"results": PCollection of classify rows or manifest records, "dead_letter": PCollection of
@@ -633,8 +635,8 @@ def run_pipeline(job, sources, output_dir, *, options=None, **kwargs):
             "--project", ...]`); None runs the DirectRunner.
 
     Returns:
-        `{"job", "output_dir", "state", "videos_ok", "videos_failed", "model_loads", "dead_letter": [{"video",
-        "error"}, ...]}` (the counts from Beam's metrics; None where the runner reports none).
+        `{"job", "output_dir", "state", "videos_ok", "videos_failed", "dead_letter": [{"video", "error"}, ...]}`
+        (the counts from Beam's metrics; None where the runner reports none).
 
     Example:
         >>> run_pipeline("features", "gs://bucket/videos/", "gs://bucket/feats/", model="demo",
@@ -651,7 +653,7 @@ def run_pipeline(job, sources, output_dir, *, options=None, **kwargs):
     result = pipeline.run()
     state = result.wait_until_finish()
     counts = {}
-    for name in ("videos_ok", "videos_failed", "model_loads"):
+    for name in ("videos_ok", "videos_failed"):
         found = result.metrics().query(MetricsFilter().with_namespace(NAMESPACE).with_name(name))["counters"]
         counts[name] = sum(c.committed or 0 for c in found) if found else None
     dead_path = FileSystems.join(os.fspath(output_dir), DEAD_LETTER)
