@@ -256,6 +256,8 @@ def _cmd_beam(args, job, sources, **job_kwargs):
     from nonlocal_zoo.beam import run_pipeline
 
     options = ["--runner", args.runner, *args.beam_options]
+    if not _DEBUG and not any(o.startswith("--default_sdk_harness_log_level") for o in options):
+        options.append("--default_sdk_harness_log_level=WARNING")  # the workers' INFO lines drown the summary
     summary = run_pipeline(job, sources, args.out, options=options, model=args.model, weights=args.weights,
                            preset=args.preset, labels=args.labels, dtype=args.dtype, batch_size=args.batch_size,
                            min_batch_size=args.min_batch_size, max_batch_size=args.max_batch_size, **job_kwargs)

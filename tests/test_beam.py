@@ -231,3 +231,35 @@ def test_sources_globs_folders_and_lists(tmp_path):
         read_videos(beam.Pipeline(), str(tmp_path / "missing"))
     with pytest.raises(ValueError, match="Not a glob, a folder, a video"):
         read_videos(beam.Pipeline(), str(v / "sub" / "notes.md"))
+
+
+# ------------------------------------------------------------------------------------------------ other models
+@pytest.mark.slow
+def test_preset_directory_and_saved_model_give_the_keras_results(clips, tmp_path):
+    """A saved preset directory (features, byte for byte) and an exported SavedModel (classify, 1e-6) as the model."""
+    from nonlocal_zoo.beam import run_pipeline
+    from nonlocal_zoo.export import export_model
+    from nonlocal_zoo.features import extract_features
+    from nonlocal_zoo.inference import classify, load_model
+
+    clf = load_model("demo")
+    clf.save_to_preset(tmp_path / "preset")
+    export_model(clf, "saved_model", str(tmp_path / "sm"))
+    videos = [str(clips / "sub" / "c.mkv"), str(clips / "sub" / "d.mp4")]
+    source = tmp_path / "list.txt"
+    source.write_text("\n".join(videos) + "\n")
+    summary = run_pipeline("features", str(source), tmp_path / "feats", model=str(tmp_path / "preset"), stride=4)
+    assert summary["videos_ok"] == 2 and summary["dead_letter"] == []
+    ref = extract_features(videos, clf, stride=4, progress=False)
+    for video in videos:
+        ours = load_features(tmp_path / "feats" / (os.path.splitext(os.path.basename(video))[0] + ".npz"))
+        assert ours["features"].tobytes() == ref[video]["features"].tobytes()
+    summary = run_pipeline("classify", str(source), tmp_path / "cls", model=str(tmp_path / "sm"), top_k=12,
+                           num_clips=2, num_crops=3)
+    assert summary["videos_ok"] == 2
+    rows = {json.loads(line)["video"]: json.loads(line)
+            for path in glob.glob(str(tmp_path / "cls" / "predictions-*.jsonl")) for line in open(path)}
+    for ref_row in classify(clf, videos, top_k=12, num_clips=2, num_crops=3):
+        got = {t["label"]: t["score"] for t in rows[ref_row["video"]]["top"]}
+        np.testing.assert_allclose([got[t["label"]] for t in ref_row["top"]], [t["score"] for t in ref_row["top"]],
+                                   rtol=0, atol=1e-6)
