@@ -158,8 +158,7 @@ def test_settings_and_command_line(tmp_path):
     assert training.configure_cluster(training.resolve_config(strategy="multiworker")) is None
     with pytest.raises(ValueError, match="needs strategy 'multiworker'.*strategy='mirrored'"):
         training.resolve_config(cluster="slurm", strategy="mirrored")
-    with pytest.raises(ValueError, match=r"options of cluster='slurm'. Received: port_base=20000"):
-        training.resolve_config(port_base=20000)
+    assert training.configure_cluster(training.resolve_config(port_base=20000)) is None  # Slurm options only
     with pytest.raises(ValueError, match="`cluster` must be one of"):
         training.resolve_config(cluster="mpi")
     with pytest.raises(ValueError, match="`port_base` must be an integer port"):
@@ -189,6 +188,7 @@ WORKER_SCRIPT = textwrap.dedent("""
             self.changed = sum(not np.array_equal(a, b) for a, b in zip(self.first, last))
 
     weights = Weights()
+    weights.changed = None
     status = finetune_main(sys.argv[2:], callbacks=[weights])
     with open(sys.argv[1] + ".json", "w") as f:
         json.dump({"status": status, "TF_CONFIG": os.environ.get("TF_CONFIG"), "changed": weights.changed,
@@ -215,23 +215,21 @@ def _free_port_pair():
     raise RuntimeError("no two consecutive free ports")
 
 
-@pytest.fixture(scope="module")
-def slurm_run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("slurm")
-    clips = write_colour_clips(tmp / "clips", 2, seed=0)
-    script, out, port = tmp / "worker.py", tmp / "run", _free_port_pair()
+def _job_step(tmp, out, port, tag, args):
+    """Run `finetune` in the two tasks of a faked job step (srun -N 1 --ntasks-per-node 2 on "localhost"); returns
+    each task's report: TF_CONFIG, CUDA_VISIBLE_DEVICES, final weights, number of weights changed by training."""
+    script = tmp / "worker.py"
     script.write_text(WORKER_SCRIPT)
     base = {k: v for k, v in subprocess_env().items() if not k.startswith(("SLURM_", "SLURMD_"))
             and k != "TF_CONFIG"}
     procs, logs = [], []
-    for rank in range(2):  # srun -N 1 --ntasks-per-node 2 on the node "localhost"
+    for rank in range(2):
         env = dict(base, SLURM_JOB_ID="99", SLURM_PROCID=str(rank), SLURM_LOCALID=str(rank), SLURM_NODEID="0",
                    SLURM_STEP_NUM_TASKS="2", SLURM_STEP_NODELIST="localhost", SLURM_STEP_TASKS_PER_NODE="2",
                    SLURMD_NODENAME="localhost", CUDA_VISIBLE_DEVICES="")
-        logs.append(open(tmp / f"task{rank}.log", "w+"))
-        command = [sys.executable, str(script), str(tmp / f"task{rank}"), clips, "--config", TINY, "--cluster",
-                   "slurm", "--port-base", str(port), "--epochs", "1", "--steps-per-epoch", "1", "--batch-size", "2",
-                   "--sync-bn", "--output", str(out), "--verbose", "2"]
+        logs.append(open(tmp / f"{tag}{rank}.log", "w+"))
+        command = [sys.executable, str(script), str(tmp / f"{tag}{rank}"), *args, "--output", str(out),
+                   "--verbose", "2"]
         procs.append(subprocess.Popen(command, env=env, stdout=logs[-1], stderr=subprocess.STDOUT, text=True))
     try:
         codes = [p.wait(timeout=300) for p in procs]
@@ -247,11 +245,35 @@ def slurm_run(tmp_path_factory):
     assert codes == [0, 0], "\n=====\n".join(o[-3000:] for o in outputs)
     reports = []
     for rank in range(2):
-        with open(tmp / f"task{rank}.json") as f:
+        with open(tmp / f"{tag}{rank}.json") as f:
             report = json.load(f)
-        report["weights"] = list(np.load(tmp / f"task{rank}.npz").values())
+        report["weights"] = list(np.load(tmp / f"{tag}{rank}.npz").values())
+        report["output"] = outputs[rank]
         reports.append(report)
-    return {"out": out, "port": port, "reports": reports, "outputs": outputs}
+    return reports
+
+
+@pytest.fixture(scope="module")
+def slurm_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("slurm")
+    clips = write_colour_clips(tmp / "clips", 2, seed=0)
+    out, port = tmp / "run", _free_port_pair()
+    reports = _job_step(tmp, out, port, "task", [clips, "--config", TINY, "--cluster", "slurm", "--port-base",
+                                                 str(port), "--epochs", "1", "--steps-per-epoch", "1",
+                                                 "--batch-size", "2", "--sync-bn"])
+    return {"tmp": tmp, "out": out, "port": port, "reports": reports}
+
+
+def _same_weights(reports, checkpoint):
+    """Both workers hold the same weights, and the chief saved exactly them in `checkpoint`."""
+    first, second = reports[0]["weights"], reports[1]["weights"]
+    assert len(first) == len(second) > 0
+    for a, b in zip(first, second):
+        np.testing.assert_array_equal(a, b)
+    saved = training.load_checkpoint(checkpoint).weights
+    assert len(saved) == len(first)
+    for a, w in zip(first, saved):
+        np.testing.assert_array_equal(a, np.asarray(w))
 
 
 def test_two_tasks_train_as_one(slurm_run):
@@ -261,16 +283,11 @@ def test_two_tasks_train_as_one(slurm_run):
         assert json.loads(report["TF_CONFIG"]) == {"cluster": {"worker": workers},
                                                    "task": {"type": "worker", "index": rank}}
         assert report["CUDA_VISIBLE_DEVICES"] == ""
-        assert f"cluster:      Slurm task {rank} of 2" in slurm_run["outputs"][rank]
+        assert f"cluster:      Slurm task {rank} of 2" in report["output"]
     # one synchronous step: both workers hold the same, changed weights, and the chief saved them (BN moving averages
     # included, thanks to --sync-bn: without it each worker keeps those of its own half of the batch)
-    first, second = reports[0]["weights"], reports[1]["weights"]
-    assert len(first) == len(second) > 0 and reports[0]["changed"] > 0
-    for a, b in zip(first, second):
-        np.testing.assert_array_equal(a, b)
-    saved = training.load_checkpoint(out / "checkpoints" / "last.keras").weights
-    for a, w in zip(first, saved):
-        np.testing.assert_array_equal(a, np.asarray(w))
+    assert reports[0]["changed"] > 0
+    _same_weights(reports, out / "checkpoints" / "last.keras")
     # only task 0 (the chief) wrote the run folder; the other worker's temporary folder is gone
     with open(out / "run_config.yaml") as f:
         run_config = yaml.safe_load(f)
@@ -282,3 +299,21 @@ def test_two_tasks_train_as_one(slurm_run):
     assert derived["global_batch_size"] == 4
     assert not (out / "workers").exists()
     assert [r["epoch"] for r in training.read_log(str(out / "training_log.csv"))] == [0]
+
+
+@pytest.mark.slow
+def test_resubmitted_job_resumes(slurm_run):
+    """The docs' `sbatch finetune.sbatch --resume` with one more epoch: no data or --cluster given (both come from
+    the saved run), new ports; the worker whose folder was removed follows the chief's last checkpoint."""
+    tmp, out = slurm_run["tmp"], slurm_run["out"]
+    before = training.load_checkpoint(out / "checkpoints" / "last.keras").weights
+    before = [np.asarray(w) for w in before]
+    port = _free_port_pair()  # a new job: new ports (port_base may differ from the saved run's)
+    reports = _job_step(tmp, out, port, "resumed", ["--resume", "--epochs", "2", "--port-base", str(port)])
+    for report in reports:
+        assert "Resuming at epoch 2/2 from the state after epoch 1" in report["output"]
+        assert report["changed"] > 0
+    _same_weights(reports, out / "checkpoints" / "last.keras")
+    assert [r["epoch"] for r in training.read_log(str(out / "training_log.csv"))] == [0, 1]
+    assert not all(np.array_equal(a, b) for a, b in zip(before, reports[0]["weights"]))
+    assert not (out / "workers").exists()

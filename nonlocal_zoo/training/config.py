@@ -259,11 +259,8 @@ def _validate_cluster(cfg):
         if cfg["strategy"] != "multiworker":
             raise ValueError("`cluster='slurm'` runs one worker per Slurm task and needs strategy 'multiworker' (or "
                              f"none given). Received: strategy={cfg['strategy']!r}")
-    port, gpus = cfg["port_base"], cfg["gpus_per_task"]
-    if cfg["cluster"] != "slurm" and (port is not None or gpus is not None):
-        given = ", ".join(f"{k}={cfg[k]!r}" for k in ("port_base", "gpus_per_task") if cfg[k] is not None)
-        raise ValueError(f"`port_base` and `gpus_per_task` are options of cluster='slurm'. Received: {given} with "
-                         f"cluster={cfg['cluster']!r}")
+    port, gpus = cfg["port_base"], cfg["gpus_per_task"]  # used by cluster "slurm" only (a resumed run may set them
+    # before the saved cluster setting is known)
     if port is not None and (isinstance(port, bool) or not isinstance(port, int) or not 1024 <= port <= 65000):
         raise ValueError(f"`port_base` must be an integer port in [1024, 65000]. Received: port_base={port!r}")
     if gpus is not None and (isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 0):

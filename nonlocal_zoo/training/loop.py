@@ -150,10 +150,11 @@ class _Worker:
 @dataclasses.dataclass
 class _Start:
     """Where a run starts: `restored_epoch` finished epochs (None: a new run), restored from the backup or, with
-    `from_last`, from the last checkpoint; `finished`: the result of a run that has nothing left to do."""
+    `from_last`, from the last checkpoint `last`; `finished`: the result of a run that has nothing left to do."""
 
     restored_epoch: object = None
     from_last: bool = False
+    last: object = None
     finished: object = None
 
 
@@ -201,18 +202,23 @@ def _resume_point(cfg, paths, resume, verbose):
     restored_epoch = paths.backup_epoch()
     if restored_epoch is not None:
         return _Start(restored_epoch)
-    rows = read_log(paths.csv)
-    if rows and os.path.isfile(paths.last):
+    rows, logged = read_log(paths.csv), paths
+    if not (rows and os.path.isfile(paths.last)):
+        # A worker other than the chief removes its folder when a run finishes: it continues from the chief's
+        # last checkpoint, as the chief does (every worker must build and restore the same model).
+        logged = RunPaths(cfg["output_dir"])
+        rows = read_log(logged.csv) if logged.output_dir != paths.output_dir else rows
+    if rows and os.path.isfile(logged.last):
         if len(rows) >= cfg["epochs"]:
             _say(verbose, f"Nothing to resume: the run in {cfg['output_dir']} finished its {cfg['epochs']} epochs.",
-                 f"  last checkpoint: {paths.last}")
+                 f"  last checkpoint: {logged.last}")
             return _Start(finished=FinetuneResult(
-                load_checkpoint(paths.last), history_from_log(rows), cfg["output_dir"], paths.best, paths.last,
-                paths.logs, paths.csv, paths.class_names, paths.config, read_class_names(paths.class_names),
+                load_checkpoint(logged.last), history_from_log(rows), cfg["output_dir"], logged.best, logged.last,
+                logged.logs, logged.csv, logged.class_names, logged.config, read_class_names(logged.class_names),
                 len(rows), cfg))
         # No backup (the run finished and more epochs are asked for, or it died before its first backup):
         # the last checkpoint holds the weights and the optimizer state of the last logged epoch.
-        return _Start(len(rows), from_last=True)
+        return _Start(len(rows), from_last=True, last=logged.last)
     if rows or os.path.isdir(paths.checkpoints):
         _say(verbose, f"No finished epoch to resume from in {paths.output_dir}; starting the run over.")
     clear_unfinished_epochs(paths.output_dir)
@@ -241,7 +247,7 @@ def _run(cfg, *, run, start, strategy, policy, callbacks, verbose):
     with strategy.scope():
         model, frozen = build_training_model(
             cfg, class_names=data.class_names, preprocessing=pre, schedule=schedule,
-            restoring=start.restored_epoch is not None, load_from=paths.last if start.from_last else None)
+            restoring=start.restored_epoch is not None, load_from=start.last if start.from_last else None)
     if multiworker:
         prepare_multiworker_model(model, strategy, frames=pre["num_frames"], crop=pre["train_crop"])
 
@@ -257,7 +263,7 @@ def _run(cfg, *, run, start, strategy, policy, callbacks, verbose):
     best_so_far = best_logged_value(read_log(paths.csv), monitor, mode)
     _print_summary(verbose, cfg, run, data.class_names, derived, frozen)
     if start.restored_epoch is not None:
-        source = paths.last if start.from_last else paths.backup
+        source = start.last if start.from_last else paths.backup
         _say(verbose, f"Resuming at epoch {start.restored_epoch + 1}/{cfg['epochs']} from the state after epoch "
                       f"{start.restored_epoch} ({source}).")
 
