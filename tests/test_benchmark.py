@@ -105,8 +105,9 @@ def test_quick_mode_writes_its_table_and_not_results_md(tmp_path):
     text = output.read_text()
     for title in ("## Machine", "## Dense matmul peak", "## NonLocalBlock vs", "## Exact memory-bounded attention",
                   "## Full models, forward", "## bfloat16 inference", "## Input pipeline", "## Keras backends",
-                  "## Cold start of `classify`"):
+                  "## Cold start of `classify`", "## End to end: `classify` vs mmaction2"):
         assert title in text, title
+    assert results["e2e"]["times"]["ours float32"]["runs"] > 0  # our end-to-end classify ran in quick mode
     for backend in ("jax", "torch"):
         row = results["backends"]["rows"][backend]
         assert "error" not in row, row

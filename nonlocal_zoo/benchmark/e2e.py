@@ -22,7 +22,7 @@ has it); the mmaction2 side is only located (reported as found or as absent, wit
 
 Example:
     $ NONLOCAL_ZOO_MMACTION2_PYTHON=/work/venvs/mmaction2/bin/python \\
-        nonlocal-zoo benchmark --sections machine matmul e2e --output /tmp/e2e.md
+        nonlocal-zoo benchmark --sections machine e2e --output /tmp/e2e.md
 """
 import json
 import os
@@ -162,9 +162,12 @@ def _scores(results):
     return scores
 
 
-def _phases(clf, video, *, num_clips, num_crops, repeats, batch_size):
-    """Median wall/CPU seconds of the pieces of `classify`: decoding + views, normalisation, forward passes."""
+def _phases(clf, video, *, num_clips, num_crops, repeats, batch_size, matmuls):
+    """Median wall/CPU seconds of the pieces of `classify` (decoding + views, normalisation, forward passes), each
+    repeat followed by the dense matmuls of `matmuls` (`{name: callable}`, timed 3 times each per repeat) so that
+    the forward's rate is compared with the peak measured in the same minutes."""
     out = {"views": ([], []), "normalize": ([], []), "forward": ([], [])}
+    mm = {name: ([], []) for name in matmuls}
     pre = clf.preprocessor
     for _ in range(repeats):
         views, w, c = _timed(lambda: pre.video_views(video, num_clips=num_clips, num_crops=num_crops))
@@ -173,10 +176,15 @@ def _phases(clf, video, *, num_clips, num_crops, repeats, batch_size):
         out["normalize"][0].append(w), out["normalize"][1].append(c)
         _, w, c = _timed(lambda: clf.view_scores(x, batch_size=batch_size))
         out["forward"][0].append(w), out["forward"][1].append(c)
-    return {k: {"median_s": median(v[0]), "cpu_median_s": median(v[1])} for k, v in out.items()}, tuple(x.shape)
+        for name, fn in matmuls.items():
+            for _ in range(3):
+                _, w, c = _timed(fn)
+                mm[name][0].append(w), mm[name][1].append(c)
+    phases = {k: {"median_s": median(v[0]), "cpu_median_s": median(v[1])} for k, v in out.items()}
+    return phases, tuple(x.shape), {name: _summary(*v) for name, v in mm.items()}
 
 
-def bench_e2e(cfg, log, matmul=None):
+def bench_e2e(cfg, log):
     """The end-to-end comparison (see the module docstring); returns the section's results dict."""
     from nonlocal_zoo.inference import classify, load_model
     from nonlocal_zoo.models.flops import count_macs
@@ -265,16 +273,24 @@ def bench_e2e(cfg, log, matmul=None):
                                  for dtype in models}
             result["cpu_speedup"] = {dtype: mm["cpu_median_s"] / result["times"][f"ours {dtype}"]["cpu_median_s"]
                                      for dtype in models}
-        # where our time goes, per dtype
-        result["phases"] = {}
+        # where our time goes, per dtype, against the matmul peak of the same minutes
+        from nonlocal_zoo.benchmark.machine import matmul_callables, matmul_rates
+
+        n = cfg["matmul_size"]
+        result["phases"], result["matmul"] = {}, {}
         for dtype, clf in models.items():
-            phases, shape = _phases(clf, video, num_clips=num_clips, num_crops=num_crops,
-                                    repeats=e2e["phase_repeats"], batch_size=e2e["batch_size"])
+            matmuls = matmul_callables(n, (dtype,))
+            for fn in matmuls.values():
+                fn()
+            phases, shape, mm_times = _phases(clf, video, num_clips=num_clips, num_crops=num_crops,
+                                              repeats=e2e["phase_repeats"], batch_size=e2e["batch_size"],
+                                              matmuls=matmuls)
+            matmul = result["matmul"][dtype] = matmul_rates(mm_times, n, (dtype,))
             macs = count_macs(clf.backbone.arch, shape[1:])["total"] * shape[0]
             fwd = phases["forward"]
             phases["forward"]["gflops"] = 2 * macs / fwd["median_s"] / 1e9
             phases["forward"]["gflops_per_cpu_s"] = 2 * macs / fwd["cpu_median_s"] / 1e9
-            if matmul:
+            if matmul:  # the peak interleaved with the forward passes above
                 phases["forward"]["fraction_of_peak"] = phases["forward"]["gflops"] / matmul[f"peak_{dtype}"]
                 phases["forward"]["fraction_of_peak_per_cpu_s"] = (phases["forward"]["gflops_per_cpu_s"]
                                                                    / matmul[f"peak_{dtype}_per_cpu_s"])
@@ -322,12 +338,14 @@ def render_e2e(results):
                    + (str(agree.get("top5_same", "")) if agree else "") + " |")
     out += ["", "Our time by phase (medians; the forward's GFLOP/s from the analytic MAC count):", "",
             "| dtype | views (decode, resize, crops) s | normalise s | forward s | forward CPU s | GMACs | "
-            "GFLOP/s | % of matmul peak | % of per-core matmul rate (CPU time) |", "|---" * 9 + "|"]
+            "GFLOP/s | matmul peak GFLOP/s (interleaved) | % of matmul peak | % of per-core matmul rate (CPU time) |",
+            "|---" * 10 + "|"]
     for dtype, p in r["phases"].items():
         f = p["forward"]
         out.append(f"| {dtype} | {p['views']['median_s']:.2f} | {p['normalize']['median_s']:.2f} | "
                    f"{f['median_s']:.2f} | {f['cpu_median_s']:.2f} | {p['gmacs']:.0f} | {f['gflops']:.0f} | "
-                   + (f"{100 * f['fraction_of_peak']:.0f}" if "fraction_of_peak" in f else "n/a") + " | "
+                   + (f"{r['matmul'][dtype]['peak_' + dtype]:.0f}" if dtype in r.get("matmul", {}) else "n/a")
+                   + " | " + (f"{100 * f['fraction_of_peak']:.0f}" if "fraction_of_peak" in f else "n/a") + " | "
                    + (f"{100 * f['fraction_of_peak_per_cpu_s']:.0f}" if "fraction_of_peak_per_cpu_s" in f
                       else "n/a") + " |")
     if r.get("bfloat16_skipped"):
@@ -337,4 +355,4 @@ def render_e2e(results):
 
 
 if __name__ == "__main__":
-    sys.exit("run the section with `nonlocal-zoo benchmark --sections machine matmul e2e`")
+    sys.exit("run the section with `nonlocal-zoo benchmark --sections machine e2e`")

@@ -88,7 +88,7 @@ def _run_section(section, cfg, results, log):
     if section == "coldstart":
         return bench_coldstart(cfg, log)
     if section == "e2e":
-        return bench_e2e(cfg, log, results.get("matmul"))
+        return bench_e2e(cfg, log)
     if section == "families":
         return bench_families(cfg, log)
     raise ValueError(f"Unknown benchmark section. Expected one of {SECTIONS}. Received: section={section!r}")
