@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 
+import keras
 import numpy as np
 import pytest
 import yaml
@@ -128,8 +129,8 @@ def _checkpoint_kind(out):
     kinds = {}
     for name in ("best.keras", "last.keras"):
         model = training.load_checkpoint(out / "checkpoints" / name)
-        bn = [layer.get_config()["synchronized"] for layer in model.layers if type(layer).__name__ ==
-              "BatchNormalization"]
+        bn = [layer.get_config()["synchronized"] for layer in model.layers
+              if isinstance(layer, keras.layers.BatchNormalization)]  # ConvBatchNormalization in backbones
         kinds[name] = {"variables": [(v.path, tuple(v.shape)) for v in model.weights],
                        "outputs": model.output.shape[-1], "sync_bn": bool(bn) and all(bn)}
     return files, kinds

@@ -2,6 +2,8 @@
 import keras
 from keras import ops
 
+from nonlocal_zoo.layers.folding import fold_into_conv
+
 
 @keras.saving.register_keras_serializable(package="nonlocal_zoo")
 class Affine(keras.layers.Layer):
@@ -32,6 +34,10 @@ class Affine(keras.layers.Layer):
         self.bias = self.add_weight(shape=(channels,), initializer=self.bias_initializer, name="bias")
 
     def call(self, inputs):
+        # At inference in a TensorFlow graph, folded into the convolution that feeds it (same values up to rounding).
+        folded = fold_into_conv(inputs, ops.cast(self.scale, "float32"), ops.cast(self.bias, "float32"))
+        if folded is not None:
+            return folded
         return inputs * ops.cast(self.scale, inputs.dtype) + ops.cast(self.bias, inputs.dtype)
 
     def compute_output_shape(self, input_shape):

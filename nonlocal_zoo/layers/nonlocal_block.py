@@ -12,6 +12,7 @@ import keras
 from keras import ops
 
 from nonlocal_zoo.layers.affine import Affine
+from nonlocal_zoo.layers.folding import batchnorm_scale, bias_add
 
 MODE_ALIASES = {
     "embedded": "embedded",
@@ -418,15 +419,46 @@ class NonLocalBlock(keras.layers.Layer):
         value = ops.reshape(value, (batch, -1, value.shape[-1]))
         # The affinity and softmax are computed in float32, also under mixed precision.
         y = self._aggregate(ops.cast(query, "float32"), ops.cast(key, "float32"), ops.cast(value, "float32"))
-        # (B, N, D) -> (B, *S, D): back to the (ungrouped) input layout.
-        y = ops.reshape(y, tuple(shape[i] for i in range(len(x.shape) - 1)) + (self.dim,))
-        z = self.out(y)
-        if self.normalization == "batch":
-            z = self.bn(z, training=training)
-        elif self.normalization == "affine":
-            z = self.bn(z)
+        folded = self._folded_output(training)
+        if folded is not None:
+            # bn(out(y)) == y W' + b' at inference: one matmul with a fused bias, no pass of the normalization over
+            # the (N, C) map. (B, N, D) -> (B * N, D) x (D, C) -> (B * N, C) -> (B, *S, C), the input layout.
+            kernel, bias = folded
+            z = bias_add(ops.matmul(ops.reshape(y, (-1, self.dim)), kernel), bias)
+            z = ops.reshape(z, shape)
+        else:
+            # (B, N, D) -> (B, *S, D): back to the (ungrouped) input layout.
+            y = ops.reshape(y, tuple(shape[i] for i in range(len(x.shape) - 1)) + (self.dim,))
+            z = self.out(y)
+            if self.normalization == "batch":
+                z = self.bn(z, training=training)
+            elif self.normalization == "affine":
+                z = self.bn(z)
         z = ops.cast(z, self.compute_dtype)
         return inputs + z if self.add_residual else z
+
+    def _folded_output(self, training):
+        """`(kernel (D, C), bias (C,))` of `bn(out(y))` folded into one affine map, float32, or None.
+
+        At inference the normalization after `out` is a per-channel `z * s + t` (BatchNormalization with its moving
+        statistics: `s = gamma / sqrt(var + eps)`, `t = beta - mean * s`; `Affine`: its scale and bias), so
+        `bn(y W + b) = y (W s) + (b s + t)`: the same values up to float32 rounding. None while BatchNormalization
+        uses batch statistics (training) and for a LoRA-enabled or quantized `out`.
+        """
+        if self.normalization == "batch" and training and self.bn.trainable:
+            return None
+        if getattr(self.out, "lora_enabled", False) or getattr(self.out, "quantization_mode", None):
+            return None
+        kernel = ops.cast(self.out.kernel, "float32")  # (D, C)
+        bias = ops.cast(self.out.bias, "float32") if self.out.bias is not None else None
+        if self.normalization is None:
+            return kernel, (ops.zeros((kernel.shape[-1],), "float32") if bias is None else bias)
+        if self.normalization == "batch":
+            scale = batchnorm_scale(self.bn.gamma, self.bn.moving_variance, self.bn.epsilon)
+            offset = ops.cast(self.bn.beta, "float32") - ops.cast(self.bn.moving_mean, "float32") * scale
+        else:
+            scale, offset = ops.cast(self.bn.scale, "float32"), ops.cast(self.bn.bias, "float32")
+        return kernel * scale, offset if bias is None else bias * scale + offset
 
     def affinity_buffer_bytes(self, input_shape):
         """Bytes of the largest float32 affinity buffer that one call allocates for `input_shape` (0 in "dot" mode).

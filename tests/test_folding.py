@@ -1,0 +1,95 @@
+"""Inference-time folding of BatchNormalization / Affine into the convolution before it, and of the non-local block's
+`bn(out(y))` into one matmul: same values as the unfolded layers (Keras' own BatchNormalization as the reference)."""
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from nonlocal_zoo.layers import Affine, ConvBatchNormalization, NonLocalBlock
+from nonlocal_zoo.layers.folding import fold_into_conv
+
+
+def _random_bn_weights(layer, rng):
+    gamma, beta, mean, var = layer.get_weights()
+    layer.set_weights([rng.uniform(0.5, 1.5, gamma.shape), rng.normal(0, 0.5, beta.shape),
+                       rng.normal(0, 0.5, mean.shape), rng.uniform(0.5, 2.0, var.shape)])
+
+
+def _conv_bn_pair(norm_layer, strides=(1, 2, 2), rank=3):
+    conv_cls = keras.layers.Conv3D if rank == 3 else keras.layers.Conv2D
+    inputs = keras.Input((4, 10, 10, 6) if rank == 3 else (10, 10, 6))
+    x = conv_cls(8, 3, strides=strides[-rank:], padding="valid", use_bias=False, name="conv")(inputs)
+    y = norm_layer(x)
+    return keras.Model(inputs, keras.layers.ReLU()(y))
+
+
+@pytest.mark.parametrize("rank", [3, 2])
+def test_conv_batchnorm_folds_in_graphs_and_equals_keras_batchnorm(rank):
+    rng = np.random.default_rng(0)
+    folded = _conv_bn_pair(ConvBatchNormalization(epsilon=1e-5, name="bn"), rank=rank)
+    plain = _conv_bn_pair(keras.layers.BatchNormalization(epsilon=1e-5, name="bn"), rank=rank)
+    _random_bn_weights(folded.get_layer("bn"), rng)
+    plain.set_weights(folded.get_weights())  # same names, same weights: checkpoints load either way
+    x = rng.standard_normal((3,) + folded.input_shape[1:]).astype("float32")
+    graph = tf.function(lambda a: folded(a, training=False))
+    reference = np.asarray(tf.function(lambda a: plain(a, training=False))(x))
+    np.testing.assert_allclose(np.asarray(graph(x)), reference, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(folded(x, training=False)), reference, rtol=1e-5, atol=1e-5)  # eager
+    # The traced graph computes the normalization as a BiasAdd on a convolution with a rescaled kernel.
+    ops = graph.get_concrete_function(tf.TensorSpec(x.shape, tf.float32)).graph.get_operations()
+    bias_adds = [op for op in ops if op.type == "BiasAdd"]
+    assert len(bias_adds) == 1 and bias_adds[0].inputs[0].op.type == ("Conv3D" if rank == 3 else "Conv2D")
+    assert bias_adds[0].inputs[0].op.inputs[1].op.type == "Mul"
+    assert not any(op.type == "Rsqrt" and "batchnorm" in op.name for op in ops)
+
+
+def test_conv_batchnorm_trains_with_batch_statistics_like_keras():
+    rng = np.random.default_rng(1)
+    folded = _conv_bn_pair(ConvBatchNormalization(epsilon=1e-5, name="bn"))
+    plain = _conv_bn_pair(keras.layers.BatchNormalization(epsilon=1e-5, name="bn"))
+    _random_bn_weights(folded.get_layer("bn"), rng)
+    plain.set_weights(folded.get_weights())
+    x = rng.standard_normal((3, 4, 10, 10, 6)).astype("float32")
+    out = tf.function(lambda a: folded(a, training=True))(x)
+    ref = tf.function(lambda a: plain(a, training=True))(x)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(ref), rtol=1e-5, atol=1e-5)
+    for a, b in zip(folded.get_layer("bn").get_weights(), plain.get_layer("bn").get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)  # moving statistics updated alike
+
+
+def test_affine_folds_and_equals_its_formula():
+    rng = np.random.default_rng(2)
+    model = _conv_bn_pair(Affine(name="bn"))
+    scale, bias = rng.uniform(0.5, 1.5, 8).astype("float32"), rng.normal(0, 0.5, 8).astype("float32")
+    model.get_layer("bn").set_weights([scale, bias])
+    x = rng.standard_normal((2, 4, 10, 10, 6)).astype("float32")
+    conv = keras.Model(model.input, model.get_layer("conv").output)
+    reference = np.maximum(np.asarray(conv(x)) * scale + bias, 0)
+    np.testing.assert_allclose(np.asarray(tf.function(lambda a: model(a))(x)), reference, rtol=1e-5, atol=1e-5)
+
+
+def test_fold_declines_what_it_cannot_fold():
+    x = tf.ones((1, 4, 4, 4, 2))
+    s, b = tf.ones((2,)), tf.zeros((2,))
+    assert fold_into_conv(x, s, b) is None  # eager
+    assert tf.function(lambda a: tf.constant(fold_into_conv(a * 2.0, s, b) is None))(x)  # not a convolution
+    w = tf.ones((1, 1, 1, 2, 2), tf.bfloat16)
+    conv_bf16 = tf.function(lambda a: tf.constant(fold_into_conv(
+        tf.nn.conv3d(tf.cast(a, tf.bfloat16), w, [1] * 5, "VALID"), s, b) is None))
+    assert conv_bf16(x)  # mixed precision stays unfolded
+
+
+@pytest.mark.parametrize("normalization", ["batch", "affine", None])
+@pytest.mark.parametrize("pool_position", ["input", "projection"])
+def test_nonlocal_block_folded_output_equals_unfolded(normalization, pool_position, monkeypatch):
+    rng = np.random.default_rng(3)
+    block = NonLocalBlock(normalization=normalization, pool_position=pool_position, out_use_bias=normalization is None)
+    x = rng.standard_normal((2, 4, 6, 6, 16)).astype("float32")
+    block(x)
+    block.set_weights([rng.normal(0, 0.5, w.shape).astype("float32") if "variance" not in w.path
+                       else rng.uniform(0.5, 2, w.shape).astype("float32") for w in block.weights])
+    folded = np.asarray(block(x, training=False))
+    monkeypatch.setattr(NonLocalBlock, "_folded_output", lambda self, training: None)
+    unfolded = np.asarray(block(x, training=False))
+    assert np.abs(folded - x).max() > 0.1  # the branch contributes
+    np.testing.assert_allclose(folded, unfolded, rtol=1e-5, atol=1e-5)
