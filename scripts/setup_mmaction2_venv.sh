@@ -38,11 +38,13 @@ PIP=("$VENV_DIR/bin/python" -m pip install --quiet --disable-pip-version-check)
 # The OpenMMLab packages, without their declared requirements.
 "${PIP[@]}" --no-deps "mmaction2==1.2.0" "mmengine==0.10.7" "mmcv-lite==2.1.0"
 
-# What they import on the inference path: mmengine (addict, yaml, rich, termcolor, yapf, opencv, numpy),
-# mmcv-lite's transforms and video readers (opencv, Pillow, packaging), mmaction2 (decord for DecordInit, einops,
-# scipy, importlib-metadata). matplotlib is imported by mmengine's visualizer, which `mmaction.apis` pulls in.
+# What they import on the inference path (found by tracing the modules loaded by init_recognizer, the test pipeline
+# and inference_recognizer): mmengine (addict, yaml, rich, termcolor, yapf, opencv, numpy), mmcv-lite's transforms
+# (opencv, Pillow, packaging), mmaction2 (decord for DecordInit, einops, scipy, importlib-metadata). Not needed:
+# matplotlib (mmengine's visualizer imports it lazily), opencv-contrib-python (the headless build suffices), mmcv's
+# compiled ops. numpy<2.3: the range this was verified with (2.2.6).
 "${PIP[@]}" "numpy<2.3" "opencv-python-headless" addict pyyaml rich termcolor yapf packaging Pillow \
-    "decord==0.6.0" einops scipy matplotlib importlib-metadata
+    "decord==0.6.0" einops scipy importlib-metadata
 
 # mmaction2 1.2.0's wheel leaves out mmaction/models/localizers/drn/ (open-mmlab/mmaction2 issue #2714, open), so
 # `import mmaction.models` fails; the DRN localizer is unrelated to recognizers: its import is skipped when absent.
