@@ -35,5 +35,6 @@ def test_quick_families_section_counts_flops_from_the_registry():
     assert r["fraction_of_peak"] == pytest.approx(r["gflops"] / r["matmul"]["peak_float32"])
     assert 0 < r["fraction_of_peak"] and np.isfinite(r["fraction_of_peak_per_cpu_s"])
     assert results["families"]["min_fraction_of_peak"] == r["fraction_of_peak"]
+    assert r["unfolded"]["fraction_of_peak"] > 0  # the before/after reference, timed in the same rounds
     text = benchmark.render_markdown(results, "nonlocal-zoo benchmark --quick --sections families")
     assert "## Forward efficiency per preset family" in text and "tiny_nl_i3d" in text

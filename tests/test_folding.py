@@ -93,3 +93,18 @@ def test_nonlocal_block_folded_output_equals_unfolded(normalization, pool_positi
     unfolded = np.asarray(block(x, training=False))
     assert np.abs(folded - x).max() > 0.1  # the branch contributes
     np.testing.assert_allclose(folded, unfolded, rtol=1e-5, atol=1e-5)
+
+
+def test_folding_disabled_traces_the_unfolded_graph():
+    from nonlocal_zoo.layers import folding_disabled
+
+    model = _conv_bn_pair(ConvBatchNormalization(epsilon=1e-5, name="bn"))
+    _random_bn_weights(model.get_layer("bn"), np.random.default_rng(4))
+    x = np.random.default_rng(5).standard_normal((2, 4, 10, 10, 6)).astype("float32")
+    folded, unfolded = tf.function(lambda a: model(a, training=False)), tf.function(lambda a: model(a, training=False))
+    with folding_disabled():
+        graph = unfolded.get_concrete_function(tf.TensorSpec(x.shape, tf.float32)).graph
+    assert not [op for op in graph.get_operations() if op.type == "BiasAdd"]  # BN as multiply-add again
+    folded_graph = folded.get_concrete_function(tf.TensorSpec(x.shape, tf.float32)).graph
+    assert [op for op in folded_graph.get_operations() if op.type == "BiasAdd"]  # the switch is restored
+    np.testing.assert_allclose(np.asarray(unfolded(x)), np.asarray(folded(x)), rtol=1e-5, atol=1e-5)

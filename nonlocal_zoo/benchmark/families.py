@@ -16,6 +16,10 @@ count (`nonlocal_zoo.models.count_macs`, the zoos' convention) x views / median 
 the best matmul GFLOP/s of the same rows. The CPU-time columns (GFLOP per CPU-second of the process, against the
 matmul's) are less sensitive to other processes on a shared machine.
 
+With `families_unfolded` (default), the same network traced inside `nonlocal_zoo.layers.folding.folding_disabled()`
+(BatchNorm / Affine and the non-local `bn(out(y))` computed unfolded, as before issue 16) is timed in the same rounds:
+the before/after of the inference folds, measured interleaved.
+
 Example:
     >>> from nonlocal_zoo.benchmark import run
     >>> run(quick=True, sections=("families",))["families"]["rows"][0]["fraction_of_peak"]
@@ -25,6 +29,7 @@ import numpy as np
 from nonlocal_zoo.benchmark.machine import matmul_callables, matmul_rates
 from nonlocal_zoo.benchmark.precision import randomize_weights
 from nonlocal_zoo.benchmark.timing import time_interleaved
+from nonlocal_zoo.layers.folding import folding_disabled
 
 # (family, representative preset).
 FAMILIES = (
@@ -95,6 +100,8 @@ def bench_families(cfg, log):
             macs = count_macs(p["arch"], (frames, height, width, 3), classes=num_classes(p))["total"]
             x = np.random.default_rng(0).standard_normal((batch, frames, height, width, 3)).astype("float32")
             fns = {"forward": lambda c=clf, x=x, b=batch: c.view_scores(x, batch_size=b)}
+            if cfg.get("families_unfolded", True):
+                fns["unfolded"] = _unfolded_forward(clf, x)
             matmuls = matmul_callables(n, ("float32",))
             fns.update(matmuls)
             times = time_interleaved(fns, warmup=cfg["families_warmup"], repeats=cfg["families_repeats"])
@@ -109,6 +116,12 @@ def bench_families(cfg, log):
             }
             row["fraction_of_peak"] = row["gflops"] / peak["peak_float32"]
             row["fraction_of_peak_per_cpu_s"] = row["gflops_per_cpu_s"] / peak["peak_float32_per_cpu_s"]
+            if "unfolded" in times:
+                u = times["unfolded"]
+                row["unfolded"] = {**u, "gflops": flops / u["median_s"] / 1e9,
+                                   "fraction_of_peak": flops / u["median_s"] / 1e9 / peak["peak_float32"],
+                                   "fraction_of_peak_per_cpu_s": flops / u["cpu_median_s"] / 1e9
+                                   / peak["peak_float32_per_cpu_s"]}
             rows.append(row)
             log(f"families {family} {geometry}: {row['gflops']:.0f} GFLOP/s = {row['fraction_of_peak']:.0%} of "
                 f"{peak['peak_float32']:.0f} (CPU time: {row['fraction_of_peak_per_cpu_s']:.0%})")
@@ -118,6 +131,18 @@ def bench_families(cfg, log):
             "min_fraction_of_peak_per_cpu_s": min(r["fraction_of_peak_per_cpu_s"] for r in rows)}
 
 
+def _unfolded_forward(clf, x):
+    """A callable running `clf`'s logits/probabilities graph on `x` traced with the inference folds disabled."""
+    import tensorflow as tf
+
+    model = clf.logits_model() if clf.preprocessor.aggregation == "logits" and clf.activation is not None else clf
+    fn = tf.function(lambda a: model(a, training=False))
+    with folding_disabled():
+        fn.get_concrete_function(tf.TensorSpec(x.shape, tf.float32))  # traced (and kept) unfolded
+    xt = tf.constant(x)
+    return lambda: np.asarray(fn(xt))
+
+
 def render_families(results):
     """Markdown lines of the `families` section."""
     f = results["families"]
@@ -125,15 +150,19 @@ def render_families(results):
            "GFLOP/s = 2 x analytic MACs x views / median wall time of one forward pass (`view_scores`, one batch of "
            "views); % of peak against the dense float32 matmul timed interleaved with it (best repeat); the CPU columns "
            "divide by CPU time (all threads) instead, against the matmul's GFLOP per CPU-second. "
-           f"Target: >= {f['target']:.0%}.", "",
+           f"Target: >= {f['target']:.0%}. *Unfolded*: the same network traced with the inference BatchNorm folds "
+           "disabled (`nonlocal_zoo.layers.folding.folding_disabled`), timed in the same rounds: before/after.", "",
            "| family | preset | geometry | head | views/pass | GFLOP/pass | forward s | CPU s | GFLOP/s | "
-           "matmul GFLOP/s | % of peak | GFLOP/CPU-s | % of per-CPU peak |", "|---" * 13 + "|"]
+           "matmul GFLOP/s | % of peak | GFLOP/CPU-s | % of per-CPU peak | unfolded: % of peak | unfolded: % of "
+           "per-CPU peak |", "|---" * 15 + "|"]
     for r in f["rows"]:
         t, m = r["forward"], r["matmul"]
         out.append(f"| {r['family']} | {r['preset']} | {r['geometry']} ({r['clip']}) | {r['head']} | "
                    f"{r['views_per_pass']} | {r['gflop_per_pass']:.4g} | {t['median_s']:.3g} | {t['cpu_median_s']:.3g} | "
                    f"{r['gflops']:.1f} | {m['peak_float32']:.1f} | **{100 * r['fraction_of_peak']:.0f}%** | "
-                   f"{r['gflops_per_cpu_s']:.1f} | {100 * r['fraction_of_peak_per_cpu_s']:.0f}% |")
+                   f"{r['gflops_per_cpu_s']:.1f} | {100 * r['fraction_of_peak_per_cpu_s']:.0f}% | "
+                   + (f"{100 * r['unfolded']['fraction_of_peak']:.0f}% | "
+                      f"{100 * r['unfolded']['fraction_of_peak_per_cpu_s']:.0f}% |" if "unfolded" in r else "n/a | n/a |"))
     out += ["", f"Lowest: {100 * f['min_fraction_of_peak']:.0f}% of peak (wall), "
                 f"{100 * f['min_fraction_of_peak_per_cpu_s']:.0f}% (CPU time).", ""]
     return out

@@ -16,6 +16,7 @@ import argparse
 import collections
 import glob
 import os
+import re
 import tempfile
 import time
 
@@ -28,7 +29,8 @@ def _part(node_name, op_type):
     if "nonlocal" in node_name:
         return "non-local matmuls" if ("MatMul" in op_type or "Einsum" in op_type) else "non-local other"
     if "Conv3D" in op_type:
-        return "conv1" if "/conv1" in node_name else "other convolutions"
+        # A folded convolution is named after its normalization (res_conv1_bn for conv1).
+        return "conv1" if re.search(r"/(res_)?conv1(_bn)?[_/]", node_name) else "other convolutions"
     return "elementwise and pooling"
 
 

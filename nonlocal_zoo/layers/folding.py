@@ -13,12 +13,41 @@ The fold is a rewrite of the traced graph: it applies only with the TensorFlow b
 calls, the JAX and PyTorch backends, mixed precision, training with batch statistics, an input that is not a
 convolution's output) the caller computes the affine transform as before.
 
+`folding_disabled()` traces graphs without the folds (the unfolded reference of the `families` benchmark).
+
 Example:
     >>> y = fold_into_conv(conv_output, scale, offset)   # None: compute `conv_output * scale + offset` instead
+    >>> with folding_disabled():
+    ...     reference = tf.function(lambda x: model(x, training=False))(clip)   # traced unfolded
 """
+import contextlib
+
 import keras
 
 FOLDABLE_OPS = ("Conv3D", "Conv2D")
+_STATE = {"enabled": True}
+
+
+def folding_enabled():
+    """Whether layers traced now fold their inference normalization (see `folding_disabled`)."""
+    return _STATE["enabled"]
+
+
+@contextlib.contextmanager
+def folding_disabled():
+    """Inside this block, layers compute their normalization unfolded (`ConvBatchNormalization`, `Affine` and the
+    non-local block's `bn(out(y))`). It acts when a graph is traced: a `tf.function` traced inside keeps it.
+
+    Example:
+        >>> with folding_disabled():
+        ...     unfolded = tf.function(lambda x: model(x, training=False)).get_concrete_function(spec)
+    """
+    previous = _STATE["enabled"]
+    _STATE["enabled"] = False
+    try:
+        yield
+    finally:
+        _STATE["enabled"] = previous
 
 
 def fold_into_conv(inputs, scale, offset):
@@ -34,7 +63,7 @@ def fold_into_conv(inputs, scale, offset):
         consumers and pruned by grappler), or None: not the TensorFlow backend, not inside a `tf.function`, not a
         float32 `Conv3D`/`Conv2D` output in `NDHWC`/`NHWC` layout.
     """
-    if keras.backend.backend() != "tensorflow":
+    if keras.backend.backend() != "tensorflow" or not folding_enabled():
         return None
     import tensorflow as tf
 

@@ -12,7 +12,7 @@ import keras
 from keras import ops
 
 from nonlocal_zoo.layers.affine import Affine
-from nonlocal_zoo.layers.folding import batchnorm_scale, bias_add
+from nonlocal_zoo.layers.folding import batchnorm_scale, bias_add, folding_enabled
 
 MODE_ALIASES = {
     "embedded": "embedded",
@@ -443,9 +443,10 @@ class NonLocalBlock(keras.layers.Layer):
         At inference the normalization after `out` is a per-channel `z * s + t` (BatchNormalization with its moving
         statistics: `s = gamma / sqrt(var + eps)`, `t = beta - mean * s`; `Affine`: its scale and bias), so
         `bn(y W + b) = y (W s) + (b s + t)`: the same values up to float32 rounding. None while BatchNormalization
-        uses batch statistics (training) and for a LoRA-enabled or quantized `out`.
+        uses batch statistics (training), for a LoRA-enabled or quantized `out` and inside
+        `nonlocal_zoo.layers.folding.folding_disabled()`.
         """
-        if self.normalization == "batch" and training and self.bn.trainable:
+        if not folding_enabled() or (self.normalization == "batch" and training and self.bn.trainable):
             return None
         if getattr(self.out, "lora_enabled", False) or getattr(self.out, "quantization_mode", None):
             return None
