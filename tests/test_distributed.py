@@ -130,7 +130,7 @@ def _checkpoint_kind(out):
     for name in ("best.keras", "last.keras"):
         model = training.load_checkpoint(out / "checkpoints" / name)
         bn = [layer.get_config()["synchronized"] for layer in model.layers
-              if isinstance(layer, keras.layers.BatchNormalization)]  # ConvBatchNormalization in backbones
+              if isinstance(layer, keras.layers.BatchNormalization)]  # the folding BatchNormalization subclass too
         kinds[name] = {"variables": [(v.path, tuple(v.shape)) for v in model.weights],
                        "outputs": model.output.shape[-1], "sync_bn": bool(bn) and all(bn)}
     return files, kinds

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from nonlocal_zoo.layers import Affine, ConvBatchNormalization, NonLocalBlock
+from nonlocal_zoo.layers import Affine, NonLocalBlock
+from nonlocal_zoo.layers.folding import BatchNormalization as ConvBatchNormalization
 from nonlocal_zoo.layers.folding import fold_into_conv
 
 
@@ -108,3 +109,21 @@ def test_folding_disabled_traces_the_unfolded_graph():
     folded_graph = folded.get_concrete_function(tf.TensorSpec(x.shape, tf.float32)).graph
     assert [op for op in folded_graph.get_operations() if op.type == "BiasAdd"]  # the switch is restored
     np.testing.assert_allclose(np.asarray(unfolded(x)), np.asarray(folded(x)), rtol=1e-5, atol=1e-5)
+
+
+def test_weights_files_load_across_keras_and_folding_batchnorm(tmp_path):
+    # Keras keys a layer in .weights.h5 by its class name: files written with keras' BatchNormalization (the
+    # embedded demo weights, earlier runs) must load into the folding one and back.
+    rng = np.random.default_rng(6)
+    plain = _conv_bn_pair(keras.layers.BatchNormalization(epsilon=1e-5, name="bn"))
+    _random_bn_weights(plain.get_layer("bn"), rng)
+    plain.save_weights(tmp_path / "plain.weights.h5")
+    folded = _conv_bn_pair(ConvBatchNormalization(epsilon=1e-5, name="bn"))
+    folded.load_weights(tmp_path / "plain.weights.h5")
+    for a, b in zip(folded.get_weights(), plain.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    folded.save_weights(tmp_path / "folded.weights.h5")
+    back = _conv_bn_pair(keras.layers.BatchNormalization(epsilon=1e-5, name="bn"))
+    back.load_weights(tmp_path / "folded.weights.h5")
+    for a, b in zip(back.get_weights(), plain.get_weights()):
+        np.testing.assert_array_equal(a, b)

@@ -35,7 +35,7 @@ def folding_enabled():
 
 @contextlib.contextmanager
 def folding_disabled():
-    """Inside this block, layers compute their normalization unfolded (`ConvBatchNormalization`, `Affine` and the
+    """Inside this block, layers compute their normalization unfolded (`BatchNormalization` of this module, `Affine` and the
     non-local block's `bn(out(y))`). It acts when a graph is traced: a `tf.function` traced inside keeps it.
 
     Example:
@@ -89,16 +89,19 @@ def fold_into_conv(inputs, scale, offset):
 
 
 @keras.saving.register_keras_serializable(package="nonlocal_zoo")
-class ConvBatchNormalization(keras.layers.BatchNormalization):
+class BatchNormalization(keras.layers.BatchNormalization):
     """`keras.layers.BatchNormalization` that, at inference inside a TensorFlow graph, folds into the convolution
     feeding it (`fold_into_conv`); same arguments, weights (`gamma`, `beta`, `moving_mean`, `moving_variance`),
     training behaviour and results (up to float32 rounding).
 
-    The backbone puts one after every convolution; a plain `BatchNormalization` loads the same weights.
+    The backbone puts one after every convolution. The class keeps Keras' name on purpose: Keras' `.weights.h5`
+    files key each layer by its class name (`batch_normalization_3`), so weights files written before (and the
+    embedded demo weights) load unchanged, and a plain `keras.layers.BatchNormalization` loads these weights.
+    Serialized as `nonlocal_zoo>BatchNormalization`.
 
     Example:
         >>> x = keras.layers.Conv3D(8, 3, use_bias=False)(keras.Input((4, 8, 8, 3)))
-        >>> y = ConvBatchNormalization(epsilon=1e-5, name="conv_bn")(x)
+        >>> y = BatchNormalization(epsilon=1e-5, name="conv_bn")(x)
     """
 
     def call(self, inputs, training=None, mask=None):

@@ -14,7 +14,7 @@ padded with zeros where a geometry pads it; its input follows a ReLU, so zeros a
 import keras
 
 from nonlocal_zoo.layers.affine import Affine
-from nonlocal_zoo.layers.folding import ConvBatchNormalization
+from nonlocal_zoo.layers import folding
 from nonlocal_zoo.layers.nonlocal_block import NonLocalBlock
 from nonlocal_zoo.models.arch import normalize_arch, stage_names, validate_input_shape
 
@@ -43,7 +43,7 @@ def _norm(x, normalization, name, zero_init=False):
     if normalization == "affine":
         return Affine(scale_initializer=gamma, name=name)(x)
     # A BatchNormalization that folds into the convolution before it at inference (TensorFlow graphs).
-    return ConvBatchNormalization(
+    return folding.BatchNormalization(
         epsilon=BN_EPSILON, momentum=BN_MOMENTUM, gamma_initializer=gamma, name=name
     )(x)
 
