@@ -74,8 +74,9 @@ def bench_families(cfg, log):
     """Forward GFLOP/s of each family's representative preset at its geometries, against the interleaved matmul peak.
 
     Args:
-        cfg: the benchmark config (`families`, `families_repeats`, `families_warmup`, `matmul_size`; optional
-            `families_batch` overrides the view batch).
+        cfg: the benchmark config (`families`, `families_repeats`, `families_warmup`, `matmul_size`; optional:
+            `families_batch` overrides the view batch, `families_geometries` keeps some of "train", "test", "full",
+            `families_unfolded=False` skips the unfolded reference).
         log: progress messages.
 
     Returns:
@@ -96,7 +97,10 @@ def bench_families(cfg, log):
         frames = pre["num_frames"]
         views = pre["test_num_clips"] * pre["test_num_crops"]
         batch = cfg.get("families_batch") or view_batches(views, DEFAULT_BATCH_SIZE)[0]
+        kinds = cfg.get("families_geometries") or ("train", "test", "full")  # a subset, e.g. ("test",)
         for geometry, (height, width) in family_geometries(pre, cfg.get("families_train_crop")):
+            if not geometry.startswith(tuple(f"{k} " for k in kinds)):
+                continue
             macs = count_macs(p["arch"], (frames, height, width, 3), classes=num_classes(p))["total"]
             x = np.random.default_rng(0).standard_normal((batch, frames, height, width, 3)).astype("float32")
             fns = {"forward": lambda c=clf, x=x, b=batch: c.view_scores(x, batch_size=b)}

@@ -4,8 +4,8 @@ At inference a BatchNormalization (moving statistics) or an `Affine` layer compu
 channel. When `x = conv(z, W)` comes straight from a convolution, `y = conv(z, W * scale) + offset`: the same values up
 to float32 rounding, without the two passes over the activation (a `Mul` and an `AddV2` the size of the feature map).
 In a TensorFlow graph the `conv + bias_add (+ residual add) (+ relu)` chain that results is one fused oneDNN
-convolution (`_FusedConv3D`); on a 2-core Xeon this removes about 7% of the forward time of an I3D R50 (the
-`families` benchmark section). The kernel product `W * scale` is computed per call on the weights (0.1% of the
+convolution (`_FusedConv3D`, oneDNN), which also takes in the ReLU and the residual sum; the before/after per
+preset family is in the `families` benchmark section (benchmarks/RESULTS.md). The kernel product `W * scale` is computed per call on the weights (0.1% of the
 forward's arithmetic), so the layers keep their variables (and checkpoint names) unchanged.
 
 The fold is a rewrite of the traced graph: it applies only with the TensorFlow backend, inside a `tf.function`
