@@ -18,6 +18,7 @@ def test_quick_e2e_section_runs_classify_in_both_dtypes(tmp_path):
     r = results["e2e"]
     assert r["preset"] == "demo" and r["views"] == "2x3"
     assert "does not exist" in r["mmaction2"]["skipped"] and missing in r["mmaction2"]["skipped"]
+    assert len(r["matmul"]) == len(r["phases"]) and all(m["size"] > 0 for m in r["matmul"].values())
     assert "mmaction2" not in r["times"] and "speedup" not in r
     dtypes = ["float32", "bfloat16"] if precision.bf16_support()[0] else ["float32"]
     assert sorted(r["phases"]) == sorted(dtypes)
@@ -52,6 +53,21 @@ def test_mmaction2_python_and_video_are_located(tmp_path, monkeypatch):
     assert e2e.find_video(None, str(venv / "bin" / "python")) == str(venv / "share" / "mmaction2" / "demo.mp4")
     with pytest.raises(ValueError, match="does not exist"):
         e2e.find_video(str(tmp_path / "nope.mp4"))
+
+
+def test_a_broken_mmaction2_venv_is_reported_and_ours_still_timed(tmp_path):
+    """Full-mode flow with a venv whose Python fails: the section names the failure and times our side anyway."""
+    from nonlocal_zoo.benchmark.config import FULL
+
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\necho broken venv >&2\nexit 3\n")
+    fake.chmod(0o755)
+    cfg = {**FULL, "threads": 2, "matmul_size": 128, "mmaction2_python": str(fake), "e2e_video": None,
+           "e2e": {**FULL["e2e"], "preset": "demo", "weights": "auto", "video": "rendered", "repeats": 1,
+                   "phase_repeats": 1}}
+    r = e2e.bench_e2e(cfg, lambda m: None)
+    assert r["mmaction2"]["skipped"].startswith(f"failed with {fake}") and "broken venv" in r["mmaction2"]["skipped"]
+    assert "mmaction2" not in r["times"] and r["times"]["ours float32"]["runs"] == 1
 
 
 def test_mmaction2_script_refuses_missing_files(tmp_path):
