@@ -60,6 +60,22 @@ def make_clips(folder, count, size, frames, seed=0):
     return paths
 
 
+def _folder_of(paths, folder):
+    """`folder` holding exactly the videos `paths` (hard links, or copies across filesystems): (folder, its paths)."""
+    os.makedirs(folder, exist_ok=True)
+    names = [os.path.basename(p) for p in paths]
+    for name in set(os.listdir(folder)) - set(names):  # the Beam variants read the whole folder
+        os.remove(os.path.join(folder, name))
+    for path, name in zip(paths, names):
+        target = os.path.join(folder, name)
+        if not os.path.exists(target):
+            try:
+                os.link(path, target)
+            except OSError:
+                shutil.copyfile(path, target)
+    return folder, [os.path.join(folder, name) for name in names]
+
+
 def _command(job, variant, paths, folder, out, args):
     cli = [sys.executable, "-m", "nonlocal_zoo.cli", job]
     model = ["--model", args.model, "--weights", args.weights]
@@ -217,16 +233,11 @@ def main(argv=None):
     report = {"command": "python -m benchmarks.beam_throughput " + " ".join(argv if argv is not None else
                                                                              sys.argv[1:]),
               "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "machine_before": machine()}
-    source = os.path.join(args.workdir, f"clips_{args.size}px_{args.frames}f")
-    paths = make_clips(source, args.clips, args.size, args.frames)
-    small = os.path.join(args.workdir, f"clips_{args.size}px_{args.frames}f_first{args.small}")
-    os.makedirs(small, exist_ok=True)
-    for path in paths[:args.small]:
-        target = os.path.join(small, os.path.basename(path))
-        if not os.path.exists(target):
-            shutil.copyfile(path, target)
-    folders = {args.clips: (source, paths),
-               args.small: (small, [os.path.join(small, os.path.basename(q)) for q in paths[:args.small]])}
+    pool = make_clips(os.path.join(args.workdir, f"pool_{args.size}px_{args.frames}f"), args.clips, args.size,
+                      args.frames)
+    folders = {n: _folder_of(pool[:n], os.path.join(args.workdir, f"clips_{args.size}px_{args.frames}f_n{n}"))
+               for n in (args.clips, args.small)}
+    source, paths = folders[args.clips]
     report["videos"] = {"folder": source, "clips": args.clips, "small": args.small, "size": args.size,
                         "frames": args.frames, "fps": 8, "codec": "MPEG-4 part 2 (OpenCV mp4v)",
                         "mb": sum(os.path.getsize(q) for q in paths) / 1e6}
