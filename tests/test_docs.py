@@ -14,7 +14,8 @@ import pytest
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 SKIP_MARKER = "<!-- skip-test -->"
 REQUIRED_PAGES = ("quickstart.md", "classify_a_video.md", "finetune.md", "add_a_checkpoint_format.md",
-                  "choose_a_model.md", "nonlocal_memory.md", "export.md", "long_videos.md")
+                  "choose_a_model.md", "nonlocal_memory.md", "export.md", "long_videos.md",
+                  "scale_out.md")
 # Blocks that need real weights or downloads, per page.
 SKIPPED = {"quickstart.md": 1, "classify_a_video.md": 1, "finetune.md": 1, "choose_a_model.md": 1, "export.md": 0}
 _FENCE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
