@@ -1,8 +1,8 @@
-"""Beam throughput benchmark (issue 14): `python -m benchmarks.beam_throughput [--clips 24] [--model demo] [--json out.json]`.
+"""Beam throughput benchmark (issue 14): `python -m benchmarks.beam_throughput [--clips 24] [--model demo] [--json F]`.
 
-Generates once (cached in `--workdir`, default `$TMPDIR/nonlocal_zoo_beam_throughput/`) a folder of `--clips`
-synthetic clips (`nonlocal_zoo.synthetic.render_clip`, the demo model's motion classes, `--size` pixels square,
-`--frames` frames at 8 fps, MPEG-4 part 2 `.mp4` from `write_clip`) plus a folder holding the first `--small` of them,
+Generates once (cached in `--workdir`, default `$TMPDIR/nonlocal_zoo_beam_throughput/`) `--clips` synthetic clips
+(`nonlocal_zoo.synthetic.render_clip`, the demo model's motion classes, `--size` pixels square, `--frames` frames at
+8 fps, MPEG-4 part 2 `.mp4` from `write_clip`), a folder holding exactly them and one holding the first `--small`,
 then times, for each job (`classify`, `features`), three ways of running the same command line on the same folder:
 
 1. **single**: `nonlocal-zoo classify|features VIDEOS...` without `--runner` (the single-process command),
