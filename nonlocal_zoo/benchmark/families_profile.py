@@ -7,7 +7,9 @@ profiler (`tf.profiler.experimental`, host tracer level 2), op times read from t
 op type and by part of the network, with each part's analytic MACs (`count_macs`) and its GFLOP/s over its op time.
 
 Run: `python -m nonlocal_zoo.benchmark.families_profile --preset i3d_nl5_r50_32x2_kinetics400_mmaction2_embedded
---size 256 [--width 340] [--batch 1] [--threads 2]`.
+--size 256 [--width 340] [--batch 1] [--threads 2]`. `--kernels` times the network's convolution kernels alone
+(`kernel_table`): oneDNN's Conv3D at the I3D R50 shapes of an 8x256x256 clip, a 1x1x1 one also as a plain MatMul,
+interleaved with the 2048^2 matmul peak.
 
 Example:
     >>> report = profile_live(clf, x)   # {"wall_s", "by_op", "by_part"}
@@ -78,6 +80,50 @@ def part_macs(arch, input_shape, classes):
             "other convolutions": m["total"] - m["stem"] - m["nonlocal"], "total": m["total"]}
 
 
+# (label, padded input (B, T, H, W, C), kernel (kt, kh, kw, C_in, C_out), strides): an 8x256x256 clip, I3D R50.
+KERNELS = (
+    ("conv1 5x7x7 3->64, stride (1,2,2)", (1, 12, 262, 262, 3), (5, 7, 7, 3, 64), (1, 2, 2)),
+    ("res2 1x3x3 64->64 (8x64x64)", (1, 8, 66, 66, 64), (1, 3, 3, 64, 64), (1, 1, 1)),
+    ("res2 3x1x1 256->64 (8x64x64)", (1, 10, 64, 64, 256), (3, 1, 1, 256, 64), (1, 1, 1)),
+    ("res2 1x1x1 256->64 (8x64x64)", (1, 8, 64, 64, 256), (1, 1, 1, 256, 64), (1, 1, 1)),
+    ("res3 1x3x3 128->128 (4x32x32)", (1, 4, 34, 34, 128), (1, 3, 3, 128, 128), (1, 1, 1)),
+    ("res3 3x1x1 512->128 (4x32x32)", (1, 6, 32, 32, 512), (3, 1, 1, 512, 128), (1, 1, 1)),
+    ("res3 1x1x1 128->512 (4x32x32)", (1, 4, 32, 32, 128), (1, 1, 1, 128, 512), (1, 1, 1)),
+    ("res4 1x3x3 256->256 (4x16x16)", (1, 4, 18, 18, 256), (1, 3, 3, 256, 256), (1, 1, 1)),
+    ("res4 1x1x1 256->1024 (4x16x16)", (1, 4, 16, 16, 256), (1, 1, 1, 256, 1024), (1, 1, 1)),
+)
+
+
+def kernel_table(repeats=7):
+    """GFLOP/s of each convolution in `KERNELS` alone (a `tf.function` of `tf.nn.conv3d`, oneDNN), of the 1x1x1 ones
+    also as a reshape + MatMul, and of the dense 2048^2 matmul, timed interleaved; `{label: {"gflops", "cpu_gflops"}}`.
+    """
+    import tensorflow as tf
+
+    from nonlocal_zoo.benchmark.machine import matmul_callables
+    from nonlocal_zoo.benchmark.timing import time_interleaved
+
+    rng = np.random.default_rng(0)
+    fns, flops = {}, {}
+    for label, xs, ws, strides in KERNELS:
+        x = tf.constant(rng.standard_normal(xs).astype("float32"))
+        w = tf.constant(rng.standard_normal(ws).astype("float32"))
+        conv = tf.function(lambda a, b, s=strides: tf.nn.conv3d(a, b, (1, *s, 1), "VALID"))
+        out = conv(x, w).shape
+        flops[label] = 2 * int(np.prod(out[:4])) * int(np.prod(ws))
+        fns[label] = lambda f=conv, a=x, b=w: f(a, b).numpy()
+        if ws[:3] == (1, 1, 1):
+            matmul = tf.function(lambda a, b: tf.linalg.matmul(a, b))
+            a2, b2 = tf.reshape(x, (-1, ws[3])), tf.reshape(w, ws[3:])
+            flops[f"{label} as MatMul"] = flops[label]
+            fns[f"{label} as MatMul"] = lambda f=matmul, a=a2, b=b2: f(a, b).numpy()
+    for name, fn in matmul_callables(2048, ("float32",)).items():
+        fns[f"dense matmul 2048^2 ({name})"], flops[f"dense matmul 2048^2 ({name})"] = fn, 2 * 2048**3
+    times = time_interleaved(fns, warmup=2, repeats=repeats)
+    return {k: {"gflops": flops[k] / t["min_s"] / 1e9, "cpu_gflops": flops[k] / t["cpu_median_s"] / 1e9}
+            for k, t in times.items()}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="i3d_nl5_r50_32x2_kinetics400_mmaction2_embedded")
@@ -86,6 +132,7 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--top", type=int, default=12)
+    parser.add_argument("--kernels", action="store_true", help="time the convolution kernels alone instead")
     args = parser.parse_args(argv)
     from nonlocal_zoo.benchmark.precision import randomize_weights
     from nonlocal_zoo.benchmark.timing import configure_threads
@@ -93,6 +140,16 @@ def main(argv=None):
     from nonlocal_zoo.tasks.classifier import VideoClassifier
 
     configure_threads(args.threads or os.cpu_count() or 1)
+    if args.kernels:
+        table = kernel_table()
+        peak = max(v["gflops"] for k, v in table.items() if k.startswith("dense"))
+        peak_cpu = max(v["cpu_gflops"] for k, v in table.items() if k.startswith("dense"))
+        print("| kernel (float32, alone) | GFLOP/s (best) | % of matmul peak | GFLOP/CPU-s | % of per-CPU peak |")
+        print("|---|---|---|---|---|")
+        for k, v in table.items():
+            print(f"| {k} | {v['gflops']:.1f} | {100 * v['gflops'] / peak:.0f}% | {v['cpu_gflops']:.1f} | "
+                  f"{100 * v['cpu_gflops'] / peak_cpu:.0f}% |")
+        return
     preset = get_preset(args.preset)
     frames, width = preset["preprocessing"]["num_frames"], args.width or args.size
     clf = VideoClassifier.from_preset(args.preset, weights=None)
