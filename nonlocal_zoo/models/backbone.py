@@ -10,6 +10,8 @@ Layer names mirror the official Caffe2 blob prefixes, so a checkpoint converts b
 All convolutions are `Conv3D` without bias on an explicitly, symmetrically zero-padded input with `padding="valid"`,
 so the results equal Caffe2 and PyTorch exactly (Keras' `"same"` pads asymmetrically when the stride is 2). pool1 is
 padded with zeros where a geometry pads it; its input follows a ReLU, so zeros act like PyTorch's -inf padding.
+The BatchNormalization layers are `nonlocal_zoo.layers.folding.BatchNormalization`: Keras' layer (same name, weights
+and `.weights.h5` keys) that at inference in a TensorFlow graph folds into the convolution before it.
 """
 import keras
 
