@@ -29,7 +29,6 @@ import numpy as np
 from nonlocal_zoo.benchmark.machine import matmul_callables, matmul_rates
 from nonlocal_zoo.benchmark.precision import randomize_weights
 from nonlocal_zoo.benchmark.timing import time_interleaved
-from nonlocal_zoo.layers.folding import folding_disabled
 
 # (family, representative preset).
 FAMILIES = (
@@ -138,6 +137,8 @@ def bench_families(cfg, log):
 def _unfolded_forward(clf, x):
     """A callable running `clf`'s logits/probabilities graph on `x` traced with the inference folds disabled."""
     import tensorflow as tf
+
+    from nonlocal_zoo.layers.folding import folding_disabled  # imports Keras (and TensorFlow): not at module import
 
     model = clf.logits_model() if clf.preprocessor.aggregation == "logits" and clf.activation is not None else clf
     fn = tf.function(lambda a: model(a, training=False))
