@@ -59,8 +59,8 @@ def fold_into_conv(inputs, scale, offset):
         offset: per-channel offset `(C,)`, float32.
 
     Returns:
-        The folded output (a new `Conv3D`/`Conv2D` op plus a `BiasAdd`; the original convolution is left without
-        consumers and pruned by grappler), or None: not the TensorFlow backend, not inside a `tf.function`, not a
+        The folded output (a new `Conv3D`/`Conv2D` op plus a `BiasAdd`; the original convolution, when nothing else
+        uses its output, is left without consumers and pruned by grappler; otherwise both run), or None: not the TensorFlow backend, not inside a `tf.function`, not a
         float32 `Conv3D`/`Conv2D` output in `NDHWC`/`NHWC` layout.
     """
     if keras.backend.backend() != "tensorflow" or not folding_enabled():
