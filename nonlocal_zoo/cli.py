@@ -10,7 +10,7 @@ Example:
     $ nonlocal-zoo attention clip.mp4 --model demo --query 4,32,32 --out attention/
     $ nonlocal-zoo features videos/ --model demo --stride 4 --out feats/
     $ nonlocal-zoo features 'gs://bucket/videos/*.mp4' --model demo --out gs://bucket/feats/ --runner DataflowRunner \
-          --project my-project --region europe-west1 --temp_location gs://bucket/tmp
+          --project my-project --region europe-west1 --temp_location gs://bucket/tmp -- --labels team=video
     $ nonlocal-zoo timeline match.mp4 --model demo --top-k 3 --out timeline/ --annotate
 """
 import argparse
@@ -21,6 +21,10 @@ import sys
 from nonlocal_zoo.presets import MAX_TEST_CLIPS  # temporal views per video (the registry is cheap to import)
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+# Options of `classify`/`features` that Beam's pipeline options (apache-beam 2.77) also define: with --runner the
+# command keeps them (`--runner` is then passed on to Beam), so Beam's are given after a bare `--`
+# (tests/test_cli.py compares this with Beam's options; docs/scale_out.md lists them).
+BEAM_NAMESAKES = ("--labels", "--runner")
 _DEBUG = False  # set by --debug
 
 MODEL_HELP = ("'demo' (the embedded motion model), a preset name (see `nonlocal-zoo list`), a preset directory "
@@ -260,7 +264,8 @@ def _cmd_beam(args, job, sources, **job_kwargs):
         options.append("--default_sdk_harness_log_level=WARNING")  # the workers' INFO lines drown the summary
     summary = run_pipeline(job, sources, args.out, options=options, model=args.model, weights=args.weights,
                            preset=args.preset, labels=args.labels, dtype=args.dtype, batch_size=args.batch_size,
-                           min_batch_size=args.min_batch_size, max_batch_size=args.max_batch_size, **job_kwargs)
+                           min_batch_size=args.min_batch_size, max_batch_size=args.max_batch_size,
+                           large_model=args.large_model, model_copies=args.model_copies, **job_kwargs)
     failed = summary["dead_letter"]
     if args.json:
         _print_json(summary)
@@ -579,7 +584,7 @@ def _add_info_command(sub, formatter):
 
 def _add_classify_command(sub, formatter):
     """The `classify` subcommand."""
-    p = sub.add_parser("classify", help="top-k labels of video files", formatter_class=formatter,
+    p = sub.add_parser("classify", help="top-k labels of video files", formatter_class=formatter, allow_abbrev=False,
                        description="Classify videos: top-k labels with scores, averaged over the views.",
                        epilog="Example: nonlocal-zoo classify clip.mp4 --model i3d_nl5_r50_8x8_kinetics400 "
                               "--num-clips 10 --num-crops 3")
@@ -603,7 +608,9 @@ def _add_beam_args(p, *, job):
 
     g = p.add_argument_group("Apache Beam (pip install 'nonlocal_zoo[beam]'); other --flags go to Beam's pipeline "
                              "options, e.g. --direct_num_workers 2 --direct_running_mode multi_processing, "
-                             "--project/--region/--temp_location (Dataflow), --flink_master, --spark_master_url")
+                             "--project/--region/--temp_location (Dataflow), --flink_master, --spark_master_url; "
+                             "everything after a bare `--` goes to Beam verbatim (Beam's options named like ours: "
+                             f"{' '.join(BEAM_NAMESAKES)}, e.g. `-- --labels team=video` for Dataflow's job labels)")
     g.add_argument("--runner", choices=RUNNERS, default=None,
                    help="run as an Apache Beam pipeline on this runner (default: this machine, no Beam)")
     if job == "classify":
@@ -615,6 +622,12 @@ def _add_beam_args(p, *, job):
                    help="with --runner: smallest batch RunInference forms (default: 1)")
     g.add_argument("--max-batch-size", type=_positive_int, default=None,
                    help="with --runner: largest batch RunInference forms, across videos (default: --batch-size)")
+    g.add_argument("--large-model", action="store_true",
+                   help="with --runner: one model copy per machine, shared by its worker processes (RunInference's "
+                        "large_model), instead of one copy per process")
+    g.add_argument("--model-copies", type=_positive_int, default=None, metavar="N",
+                   help="with --runner: N model copies per machine, shared by its worker processes (RunInference's "
+                        "model_copies; implies --large-model)")
 
 
 def _add_evaluate_command(sub, formatter):
@@ -700,7 +713,7 @@ def _add_demo_command(sub, formatter):
 def _add_features_command(sub, formatter):
     """The `features` subcommand."""
     p = sub.add_parser("features", help="windowed features of long videos (frame-exact, resumable, shardable)",
-                       formatter_class=formatter,
+                       formatter_class=formatter, allow_abbrev=False,
                        description="Cut videos into windows (one clip of the model's protocol each) and write one "
                                    "feature row per window, with the exact frames and timestamps it covers: "
                                    "OUT/<stem>.npz per video and OUT/manifest.jsonl (see docs/long_videos.md).",
@@ -802,14 +815,23 @@ def build_parser(command=None):
     return parser
 
 
+def _names_runner(argv):
+    return any(a == "--runner" or a.startswith("--runner=") for a in argv)
+
+
 def main(argv=None):
     """Runs the command line; returns the exit code."""
     argv = sys.argv[1:] if argv is None else list(argv)
     command = _command_of(argv)
     parser = build_parser(command)
-    if command in ("classify", "features") and any(a == "--runner" or a.startswith("--runner=") for a in argv):
-        args, beam_options = parser.parse_known_args(argv)  # the words we do not know are Beam's pipeline options
-        args.beam_options = beam_options
+    if command in ("classify", "features") and _names_runner(argv):
+        # the words we do not know are Beam's pipeline options, and so is everything after a bare `--` (for Beam's
+        # options named like ours, BEAM_NAMESAKES: `... --runner DataflowRunner -- --labels team=video`)
+        ours, beam_tail = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+        if not _names_runner(ours):
+            parser.error("--runner goes before the bare `--` (the words after `--` are Beam's pipeline options)")
+        args, beam_options = parser.parse_known_args(ours)
+        args.beam_options = [*beam_options, *beam_tail]
     else:
         args = parser.parse_args(argv)
     if args.command is None:
@@ -891,6 +913,10 @@ def _precheck_beam(args):
     require_beam()  # ImportError naming the extra: one `error:` line, exit 2
     if args.out is None:
         raise UsageError(f"`{args.command} --runner` writes files: pass --out DIR (a folder or a URI)")
+    if args.labels is not None and not os.path.isfile(args.labels):
+        hint = (" Beam's --labels KEY=VALUE (Dataflow's job labels) goes after a bare `--`: `nonlocal-zoo "
+                f"{args.command} ... --runner DataflowRunner ... -- --labels KEY=VALUE`") if "=" in args.labels else ""
+        raise UsageError(f"No such labels file (--labels names a text file of class names): {args.labels!r}.{hint}")
     for path in getattr(args, "videos", None) or args.inputs:
         if "://" not in path and not any(c in path for c in "*?[") and not os.path.exists(path):
             raise UsageError(f"No such video, folder or list file: {path!r}")

@@ -263,3 +263,190 @@ def test_preset_directory_and_saved_model_give_the_keras_results(clips, tmp_path
         got = {t["label"]: t["score"] for t in rows[ref_row["video"]]["top"]}
         np.testing.assert_allclose([got[t["label"]] for t in ref_row["top"]], [t["score"] for t in ref_row["top"]],
                                    rtol=0, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------ helper F's fixes
+class _OptionNames:
+    """Records the option strings a Beam `PipelineOptions` class adds (its `_add_argparse_args` hook)."""
+
+    def __init__(self):
+        self.names = set()
+
+    def add_argument(self, *names, **_):
+        self.names.update(n for n in names if n.startswith("-"))
+
+    add_value_provider_argument = add_argument
+
+    def add_argument_group(self, *_, **__):
+        return self
+
+    add_mutually_exclusive_group = add_argument_group
+
+
+def _beam_option_strings():
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    def subclasses(cls):
+        for sub in cls.__subclasses__():
+            yield sub
+            yield from subclasses(sub)
+
+    recorder = _OptionNames()
+    for cls in set(subclasses(PipelineOptions)):
+        cls._add_argparse_args(recorder)
+    assert {"--project", "--labels", "--label", "--direct_num_workers", "--runner"} <= recorder.names  # sanity
+    return recorder.names
+
+
+def _command_options(command):
+    import argparse
+
+    from nonlocal_zoo.cli import build_parser
+
+    sub = next(a for a in build_parser(command)._actions if isinstance(a, argparse._SubParsersAction))
+    return {s for action in sub.choices[command]._actions for s in action.option_strings}
+
+
+def _fake_run_pipeline(monkeypatch):
+    import nonlocal_zoo.beam.pipeline as beam_pipeline
+
+    calls = []
+
+    def fake(job, sources, output_dir, *, options=None, **kwargs):
+        calls.append({"job": job, "options": list(options), **kwargs})
+        return {"job": job, "output_dir": output_dir, "state": "DONE", "videos_ok": 0, "videos_failed": 0,
+                "dead_letter": []}
+
+    monkeypatch.setattr(beam_pipeline, "run_pipeline", fake)
+    return calls
+
+
+def test_beam_options_named_like_ours_go_after_a_bare_double_dash(clips, tmp_path, monkeypatch, capsys):
+    """Dataflow's `--labels key=value` (alias `--label`) reach Beam, not the command's labels file."""
+    from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
+
+    calls = _fake_run_pipeline(monkeypatch)
+    video, out = str(clips / "a.mp4"), str(tmp_path / "o")
+    for job in (["classify", video], ["features", video, "--stride", "4"]):
+        assert main([*job, "--model", "demo", "--out", out, "--runner", "DataflowRunner", "--label", "a=b",
+                     "--project", "p", "--", "--labels", "team=video", "--runner", "x"]) == 0
+        call = calls.pop()
+        assert call["labels"] is None  # no abbreviation: `--label` is not our `--labels`
+        options = PipelineOptions(call["options"])
+        assert options.view_as(GoogleCloudOptions).labels == ["a=b", "team=video"]
+        assert options.view_as(GoogleCloudOptions).project == "p"
+        assert call["options"][:2] == ["--runner", "DataflowRunner"] and "x" in call["options"]  # verbatim tail
+    # before `--`, --labels is ours: a KEY=VALUE that is no file says where Beam's goes
+    assert main(["classify", video, "--model", "demo", "--out", out, "--runner", "DataflowRunner",
+                 "--labels", "team=video"]) == 2
+    err = capsys.readouterr().err
+    assert "No such labels file" in err and "'team=video'" in err and "-- --labels KEY=VALUE" in err
+    with pytest.raises(SystemExit):
+        main(["classify", video, "--model", "demo", "--out", out, "--", "--runner", "DataflowRunner"])
+    assert "--runner goes before the bare `--`" in capsys.readouterr().err
+    assert not calls
+
+
+def test_our_options_that_beam_also_defines_are_listed_and_documented(clips, tmp_path, monkeypatch):
+    from nonlocal_zoo.cli import BEAM_NAMESAKES
+
+    beam_names = _beam_option_strings()
+    doc = open(os.path.join(ROOT, "docs", "scale_out.md"), encoding="utf-8").read()
+    calls = _fake_run_pipeline(monkeypatch)
+    for command in ("classify", "features"):
+        ours = _command_options(command)
+        assert ours & beam_names == set(BEAM_NAMESAKES), command
+        # a Beam option that is a prefix of one of ours (`--label` of `--labels`) is not abbreviated into ours
+        prefixes = sorted(b for b in beam_names for o in ours if o != b and o.startswith(b) and b.startswith("--"))
+        assert "--label" in prefixes
+        for name in prefixes:
+            job = ["features", str(clips / "a.mp4")] if command == "features" else ["classify", str(clips / "a.mp4")]
+            assert main([*job, "--model", "demo", "--out", str(tmp_path / "o"), "--runner", "DirectRunner", name,
+                         "v"]) == 0
+            assert calls.pop()["options"][2:4] == [name, "v"]
+    for name in BEAM_NAMESAKES:
+        assert f"`{name}`" in doc.split("## 3.")[1].split("## 4.")[0], name  # listed in section 3 (Dataflow)
+
+
+def test_model_handler_reports_model_sharing_to_beam():
+    from apache_beam.ml.inference.base import KeyedModelHandler
+
+    from nonlocal_zoo.beam import ZooModelHandler
+
+    default = KeyedModelHandler(ZooModelHandler("demo", job="classify"))
+    assert default.share_model_across_processes() is False and default.model_copies() == 1
+    large = KeyedModelHandler(ZooModelHandler("demo", job="features", large_model=True))
+    assert large.share_model_across_processes() is True and large.model_copies() == 1
+    copies = KeyedModelHandler(ZooModelHandler("demo", job="classify", model_copies=3))
+    assert copies.share_model_across_processes() is True and copies.model_copies() == 3
+    for bad in ({"model_copies": 0}, {"model_copies": 1.5}, {"model_copies": True}, {"large_model": "yes"}):
+        with pytest.raises(ValueError, match=list(bad)[0]):
+            ZooModelHandler("demo", job="classify", **bad)
+
+
+def test_classify_forward_passes_have_one_shape(monkeypatch):
+    """RunInference batches of 3, 4, 1 and 6 views: every forward pass has batch_size views, traced once."""
+    import keras
+
+    from nonlocal_zoo.beam import ZooModelHandler
+
+    handler = ZooModelHandler("demo", job="classify", batch_size=4)
+    runner = handler.load_model()
+    clf = runner.clf
+    shapes = []
+    original = keras.Model.predict_on_batch
+
+    def recording(self, x):
+        shapes.append(tuple(np.shape(x)))
+        return original(self, x)
+
+    monkeypatch.setattr(keras.Model, "predict_on_batch", recording)
+    rng = np.random.default_rng(0)
+    views = rng.integers(0, 256, (14, 8, 64, 64, 3), dtype=np.uint8)  # the demo's 8 x 64 x 64 views
+    got = []
+    for start, size in ((0, 3), (3, 4), (7, 1), (8, 6)):
+        got.extend(handler.run_inference(list(views[start:start + size]), runner))
+    assert len(shapes) == 5 and set(shapes) == {(4, 8, 64, 64, 3)}, shapes
+    traced = [m.predict_function for m in (clf, clf.logits_model()) if getattr(m, "predict_function", None)]
+    assert [f.experimental_get_tracing_count() for f in traced] == [1]
+    monkeypatch.setattr(keras.Model, "predict_on_batch", original)
+    one_by_one = np.concatenate([clf.view_scores(clf.preprocessor.normalize(v[None]), batch_size=1) for v in views])
+    np.testing.assert_allclose(np.stack(got), one_by_one, rtol=0, atol=1e-6)  # padding changes no view's scores
+
+
+def test_in_process_run_counts_are_integers_and_a_shared_model_gives_the_same_rows(clips, tmp_path, monkeypatch):
+    """The in-process DirectRunner with `large_model=True` (the model served to the workers through Beam's
+    cross-process proxy) on one clip: integer counts (0 failed, not None), the rows of the single-machine classify."""
+    from apache_beam.utils import multi_process_shared
+
+    from nonlocal_zoo.beam import run_pipeline
+    from nonlocal_zoo.inference import classify, load_model
+
+    shared = []
+    acquire = multi_process_shared.MultiProcessShared.acquire
+
+    def spy(self):
+        proxy = acquire(self)
+        shared.append(self._tag)
+        return proxy
+
+    monkeypatch.setattr(multi_process_shared.MultiProcessShared, "acquire", spy)
+    video = str(clips / "sub" / "d.mp4")
+    log = tmp_path / "loads.txt"
+    summary = run_pipeline("classify", video, tmp_path / "cls", model="demo", top_k=12, num_clips=2, num_crops=3,
+                           large_model=True, load_log=str(log), options=["--runner", "DirectRunner"])
+    assert shared, "RunInference did not serve the model through multi_process_shared"
+    monkeypatch.undo()
+    assert summary["videos_ok"] == 1 and summary["videos_failed"] == 0 and summary["dead_letter"] == []
+    assert type(summary["videos_ok"]) is int and type(summary["videos_failed"]) is int
+    assert log.read_text().split() == [str(os.getpid())]  # one load
+    rows = [json.loads(line) for path in glob.glob(str(tmp_path / "cls" / "predictions-*.jsonl"))
+            for line in open(path)]
+    (ref,) = classify(load_model("demo"), [video], top_k=12, num_clips=2, num_crops=3)
+    assert len(rows) == 1 and rows[0]["views"] == 6
+    np.testing.assert_allclose([rows[0]["scores"][t["index"]] for t in ref["top"]], [t["score"] for t in ref["top"]],
+                               rtol=0, atol=1e-6)
+    # nothing decodes: no counter is ever incremented, both counts come from the outputs
+    summary = run_pipeline("features", str(clips / "broken.mp4"), tmp_path / "feats", model="demo",
+                           options=["--runner", "DirectRunner"])
+    assert (summary["videos_ok"], summary["videos_failed"], len(summary["dead_letter"])) == (0, 1, 1)

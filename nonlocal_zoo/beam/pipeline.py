@@ -12,10 +12,12 @@ Stages (both jobs):
   `num_clips x num_crops` test views), `features` takes `nonlocal_zoo.features.read_windows` with the same
   `plan_maker` and `WindowViews`. Each view/window is one element keyed by its video, so RunInference batches
   windows of several videos together (`min_batch_size`/`max_batch_size`).
-- **The model** (`ZooModelHandler`) is loaded once per worker process: a zoo preset, a saved `VideoClassifier`
-  preset directory (through the resolver of `nonlocal-zoo classify`) or, for `classify`, an exported SavedModel.
-  Forward passes have a fixed size (`batch_size`, the last one padded), as in `extract_features`, so a feature row
-  does not depend on which rows shared its batch.
+- **The model** (`ZooModelHandler`) is loaded once per worker process (or, with `large_model`/`model_copies`,
+  once or N times per machine and shared by its processes): a zoo preset, a saved `VideoClassifier` preset
+  directory (through the resolver of `nonlocal-zoo classify`) or, for `classify`, an exported SavedModel.
+  Forward passes of the Keras model have a fixed size (`batch_size`, the last one padded), as in
+  `extract_features`, so one input shape is traced per process and a row does not depend on which rows shared
+  its batch.
 - **Per video**: `classify` averages the views by the preset's rule (`tasks.preprocessor.aggregate_views`) and
   names the top-k classes (`inference.top_k_row`); `features` joins a video's rows with its window plan and writes
   `<stem>.npz` with `features.save_result` (temporary name, then rename: a retried bundle rewrites the same complete
@@ -294,7 +296,12 @@ class _ClassifyRunner:
 
     def __call__(self, views):
         clips = self.clf.preprocessor.normalize(views)  # float32 (B, T, S, S, 3)
-        return self.clf.view_scores(clips, batch_size=self.batch_size)
+        # passes of exactly `batch_size` views (the last padded with zeros, dropped): one traced shape per process,
+        # whatever batch sizes RunInference forms (a view's scores do not depend on the other views of its pass)
+        return run_padded(self._scores, clips, self.batch_size)  # (B, C)
+
+    def _scores(self, clips):
+        return self.clf.view_scores(clips, batch_size=self.batch_size)  # (batch_size, C) in one forward pass
 
 
 class _ExportRunner:
@@ -339,6 +346,11 @@ class ZooModelHandler(ModelHandler):
         layer: the feature layer (`features`).
         batch_size: rows per forward pass (the last one padded).
         min_batch_size, max_batch_size: Beam's batching bounds (batches span videos).
+        large_model: share the model between the worker processes of a machine (RunInference's `large_model`:
+            one copy per machine, loaded by one process and called by the others through a local proxy) instead of
+            one copy per process. Defaults to False.
+        model_copies: the number of shared copies per machine (RunInference's `model_copies`; implies sharing).
+            Defaults to None (one shared copy with `large_model`, else one copy per process).
         load_log: a local file; each model load appends the worker's pid on one line (for tests and audits).
             Defaults to the environment variable `NONLOCAL_ZOO_BEAM_LOAD_LOG` of the launching process (unset: none).
 
@@ -348,8 +360,10 @@ class ZooModelHandler(ModelHandler):
 
     def __init__(self, model, *, job, kind="keras", weights="auto", preset=None, labels=None, dtype=None,
                  rule="softmax", layer="pool5", batch_size=DEFAULT_BATCH_SIZE, min_batch_size=1, max_batch_size=None,
-                 load_log=None):
-        super().__init__(min_batch_size=min_batch_size, max_batch_size=max_batch_size or batch_size)
+                 large_model=False, model_copies=None, load_log=None):
+        _check_sharing(large_model, model_copies)
+        super().__init__(min_batch_size=min_batch_size, max_batch_size=max_batch_size or batch_size,
+                         large_model=large_model, model_copies=model_copies)
         if job not in JOBS:
             raise ValueError(f"`job` must be one of {JOBS}. Received: job={job!r}")
         self.model, self.job, self.kind = os.fspath(model), job, kind
@@ -358,7 +372,8 @@ class ZooModelHandler(ModelHandler):
         self.load_log = load_log or os.environ.get(LOAD_LOG_ENV) or None  # read here, in the launching process
 
     def load_model(self):
-        """The runner of this worker process: `numpy batch -> numpy results` (each call logged in `load_log`)."""
+        """The runner of this worker process (or, with `large_model`/`model_copies`, of the machine's shared copy):
+        `numpy batch -> numpy results` (each call logged in `load_log`)."""
         if self.load_log:
             fd = os.open(self.load_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             try:
@@ -534,10 +549,18 @@ def _check_common(job, batch_size, min_batch_size, max_batch_size):
                          f"Received: max_batch_size={max_batch_size!r}")
 
 
+def _check_sharing(large_model, model_copies):
+    if not isinstance(large_model, bool):
+        raise ValueError(f"`large_model` must be True or False. Received: large_model={large_model!r}")
+    if model_copies is not None and (isinstance(model_copies, bool) or not isinstance(model_copies, int)
+                                     or model_copies < 1):
+        raise ValueError(f"`model_copies` must be a positive integer or None. Received: model_copies={model_copies!r}")
+
+
 def build_pipeline(pipeline, job, sources, output_dir, *, model, weights="auto", preset=None, labels=None, dtype=None,
                    top_k=5, num_clips=None, num_crops=None, layer="pool5", window=None, stride=None, crop="center",
-                   batch_size=DEFAULT_BATCH_SIZE, min_batch_size=1, max_batch_size=None, decode_options=None,
-                   num_shards=0, load_log=None):
+                   batch_size=DEFAULT_BATCH_SIZE, min_batch_size=1, max_batch_size=None, large_model=False,
+                   model_copies=None, decode_options=None, num_shards=0, load_log=None):
     """Adds the `classify` or `features` job to `pipeline`; returns its `{"results", "dead_letter"}` PCollections.
 
     Args:
@@ -554,6 +577,8 @@ def build_pipeline(pipeline, job, sources, output_dir, *, model, weights="auto",
         batch_size: views/windows per forward pass (fixed; the last one padded). Defaults to 8.
         min_batch_size, max_batch_size: bounds of Beam's batches for RunInference (they span videos); the maximum
             defaults to `batch_size`.
+        large_model, model_copies: RunInference's model sharing (see `ZooModelHandler`): one copy (`large_model`)
+            or `model_copies` copies per machine, shared by its worker processes, instead of one copy per process.
         decode_options: `SeekReader` options (`backend`, `timeout`, `num_threads`, `max_pixels`).
         num_shards: classify: files of `predictions-*.jsonl` (0: the runner decides).
         load_log: a local file to which every model load appends its process id (tests count them; default: the
@@ -571,6 +596,7 @@ def build_pipeline(pipeline, job, sources, output_dir, *, model, weights="auto",
         ...     build_pipeline(p, "classify", "clips/", "out/", model="demo", top_k=3)
     """
     _check_common(job, batch_size, min_batch_size, max_batch_size)
+    _check_sharing(large_model, model_copies)
     output_dir = os.fspath(output_dir)
     desc = describe_model(model, weights=weights, preset=preset, labels=labels, dtype=dtype)
     config = desc["preprocessing"]
@@ -580,7 +606,8 @@ def build_pipeline(pipeline, job, sources, output_dir, *, model, weights="auto",
     handler = ZooModelHandler(model, job=job, kind=desc["kind"], weights=weights, preset=preset,
                               labels=desc["labels"] if labels is not None else None, dtype=dtype,
                               rule=config["test_aggregation"], layer=layer, batch_size=batch_size,
-                              min_batch_size=min_batch_size, max_batch_size=max_batch_size, load_log=load_log)
+                              min_batch_size=min_batch_size, max_batch_size=max_batch_size, large_model=large_model,
+                              model_copies=model_copies, load_log=load_log)
     if _is_local(output_dir):
         os.makedirs(output_dir, exist_ok=True)
     paths = read_videos(pipeline, sources)
@@ -636,7 +663,8 @@ def run_pipeline(job, sources, output_dir, *, options=None, **kwargs):
 
     Returns:
         `{"job", "output_dir", "state", "videos_ok", "videos_failed", "dead_letter": [{"video", "error"}, ...]}`
-        (the counts from Beam's metrics; None where the runner reports none).
+        (integer counts: Beam's committed counters; a counter the runner does not report, e.g. one that was never
+        incremented, is counted from the output files: the dead letter, the predictions rows or the manifest).
 
     Example:
         >>> run_pipeline("features", "gs://bucket/videos/", "gs://bucket/feats/", model="demo",
@@ -652,14 +680,29 @@ def run_pipeline(job, sources, output_dir, *, options=None, **kwargs):
     build_pipeline(pipeline, job, sources, output_dir, **kwargs)
     result = pipeline.run()
     state = result.wait_until_finish()
+    output_dir = os.fspath(output_dir)
+    dead_path = FileSystems.join(output_dir, DEAD_LETTER)
+    dead = [json.loads(line) for line in _read_text(dead_path).splitlines() if line.strip()] if _exists(
+        dead_path) else []
     counts = {}
     for name in ("videos_ok", "videos_failed"):
         found = result.metrics().query(MetricsFilter().with_namespace(NAMESPACE).with_name(name))["counters"]
-        counts[name] = sum(c.committed or 0 for c in found) if found else None
-    dead_path = FileSystems.join(os.fspath(output_dir), DEAD_LETTER)
-    dead = [json.loads(line) for line in _read_text(dead_path).splitlines() if line.strip()] if _exists(
-        dead_path) else []
-    return {"job": job, "output_dir": os.fspath(output_dir), "state": str(state), **counts, "dead_letter": dead}
+        if found:
+            counts[name] = int(sum(c.committed or 0 for c in found))
+        else:  # never incremented (Beam then has no counter), or a runner without metrics: count the outputs
+            counts[name] = len(dead) if name == "videos_failed" else _count_ok(job, output_dir)
+    return {"job": job, "output_dir": output_dir, "state": str(state), **counts, "dead_letter": dead}
+
+
+def _count_ok(job, output_dir):
+    """The videos written by a finished job, read back from its outputs (classify rows, features `ok` records)."""
+    if job == "classify":
+        pattern = FileSystems.join(output_dir, PREDICTIONS + "-*-of-*.jsonl")
+        paths = [m.path for m in FileSystems.match([pattern])[0].metadata_list]
+        return sum(1 for path in paths for line in _read_text(path).splitlines() if line.strip())
+    path = FileSystems.join(output_dir, MANIFEST)
+    lines = _read_text(path).splitlines() if _exists(path) else []
+    return sum(1 for line in lines if line.strip() and json.loads(line).get("status") == "ok")
 
 
 __all__ = ["DEAD_LETTER", "INSTALL_HINT", "JOBS", "MANIFEST", "OUTPUT_FILES", "ZooModelHandler", "build_pipeline",
