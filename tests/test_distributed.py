@@ -93,17 +93,25 @@ def multiworker_run(tmp_path_factory, clips):
     tmp = tmp_path_factory.mktemp("multiworker")
     out = tmp / "run"
     ports = _free_ports(2)
-    procs, logs = [], []
+    workers = []
     for index in range(2):
         tf_config = {"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
                      "task": {"type": "worker", "index": index}}
-        env = dict(subprocess_env(), TF_CONFIG=json.dumps(tf_config))
-        logs.append(open(tmp / f"worker{index}.log", "w+"))
         command = [sys.executable, "-m", "nonlocal_zoo.cli", "finetune", clips[0], "--val", clips[1], "--strategy",
                    "multiworker", "--output", str(out), *RUN_ARGS]
+        workers.append((command, dict(subprocess_env(), TF_CONFIG=json.dumps(tf_config)), tmp / f"worker{index}.log"))
+    return {"out": out, "outputs": run_workers(workers, timeout=600)}
+
+
+def run_workers(workers, *, timeout):
+    """Start one process per `(command, env, log_path)` at once (they train together), wait for all, kill any left
+    over; asserts every process exited 0 (showing the tail of each log otherwise) and returns the logs' texts."""
+    procs, logs = [], []
+    for command, env, log_path in workers:
+        logs.append(open(log_path, "w+"))
         procs.append(subprocess.Popen(command, env=env, stdout=logs[-1], stderr=subprocess.STDOUT, text=True))
     try:
-        codes = [p.wait(timeout=600) for p in procs]
+        codes = [p.wait(timeout=timeout) for p in procs]
     finally:
         for p in procs:
             if p.poll() is None:
@@ -113,8 +121,8 @@ def multiworker_run(tmp_path_factory, clips):
         log.seek(0)
         outputs.append(log.read())
         log.close()
-    assert codes == [0, 0], "\n=====\n".join(o[-3000:] for o in outputs)
-    return {"out": out, "outputs": outputs}
+    assert codes == [0] * len(procs), "\n=====\n".join(o[-3000:] for o in outputs)
+    return outputs
 
 
 def _derived(out):

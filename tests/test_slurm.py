@@ -7,7 +7,6 @@ with the code under test; the run's reference is the chief's own checkpoint and 
 import json
 import os
 import socket
-import subprocess
 import sys
 import textwrap
 
@@ -17,6 +16,7 @@ import yaml
 
 from nonlocal_zoo import training
 from nonlocal_zoo.cli import add_finetune_arguments, finetune_main, finetune_options
+from tests.test_distributed import run_workers
 from tests.test_training import TINY, subprocess_env, write_colour_clips
 
 # `srun -N 2 --ntasks-per-node 2` on node001 and node002
@@ -222,27 +222,15 @@ def _job_step(tmp, out, port, tag, args):
     script.write_text(WORKER_SCRIPT)
     base = {k: v for k, v in subprocess_env().items() if not k.startswith(("SLURM_", "SLURMD_"))
             and k != "TF_CONFIG"}
-    procs, logs = [], []
+    workers = []
     for rank in range(2):
         env = dict(base, SLURM_JOB_ID="99", SLURM_PROCID=str(rank), SLURM_LOCALID=str(rank), SLURM_NODEID="0",
                    SLURM_STEP_NUM_TASKS="2", SLURM_STEP_NODELIST="localhost", SLURM_STEP_TASKS_PER_NODE="2",
                    SLURMD_NODENAME="localhost", CUDA_VISIBLE_DEVICES="")
-        logs.append(open(tmp / f"{tag}{rank}.log", "w+"))
         command = [sys.executable, str(script), str(tmp / f"{tag}{rank}"), *args, "--output", str(out),
                    "--verbose", "2"]
-        procs.append(subprocess.Popen(command, env=env, stdout=logs[-1], stderr=subprocess.STDOUT, text=True))
-    try:
-        codes = [p.wait(timeout=300) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    outputs = []
-    for log in logs:
-        log.seek(0)
-        outputs.append(log.read())
-        log.close()
-    assert codes == [0, 0], "\n=====\n".join(o[-3000:] for o in outputs)
+        workers.append((command, env, tmp / f"{tag}{rank}.log"))
+    outputs = run_workers(workers, timeout=300)
     reports = []
     for rank in range(2):
         with open(tmp / f"{tag}{rank}.json") as f:
