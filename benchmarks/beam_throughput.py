@@ -30,7 +30,6 @@ Prints a JSON report (also written with `--json`).
 import argparse
 import json
 import os
-import platform
 import resource
 import shutil
 import subprocess
@@ -39,6 +38,8 @@ import tempfile
 import time
 
 import numpy as np
+
+from benchmarks import common
 
 VARIANTS = ("single", "beam1", "beam2")
 JOBS = ("classify", "features")
@@ -198,14 +199,7 @@ def machine():
     import keras
     import tensorflow as tf
 
-    cpu = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "load_average": os.getloadavg(), "python": platform.python_version(),
-            "tensorflow": tf.__version__, "keras": keras.__version__, "apache_beam": apache_beam.__version__}
+    return common.machine(tensorflow=tf.__version__, keras=keras.__version__, apache_beam=apache_beam.__version__)
 
 
 def main(argv=None):

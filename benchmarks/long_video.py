@@ -19,11 +19,12 @@ Prints a JSON report (also written with `--json`).
 import argparse
 import json
 import os
-import platform
 import tempfile
 import time
 
 import numpy as np
+
+from benchmarks import common
 
 WIDTH, HEIGHT, FPS = 340, 256, 30
 _ON = (230, 40, 20)
@@ -230,15 +231,8 @@ def machine():
     import keras
     import tensorflow as tf
 
-    cpu = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "load_average": os.getloadavg(), "python": platform.python_version(),
-            "tensorflow": tf.__version__, "keras": keras.__version__, "av": av.__version__,
-            "ffmpeg": ".".join(map(str, av.library_versions.get("libavcodec", ())))}
+    return common.machine(tensorflow=tf.__version__, keras=keras.__version__, av=av.__version__,
+                          ffmpeg=".".join(map(str, av.library_versions.get("libavcodec", ()))))
 
 
 def main(argv=None):
