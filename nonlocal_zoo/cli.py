@@ -270,8 +270,7 @@ def _cmd_beam(args, job, sources, **job_kwargs):
     if args.json:
         _print_json(summary)
     else:
-        ok = summary["videos_ok"]
-        print(f"{job} on {args.runner}: {summary['state']}, {'?' if ok is None else ok} video(s) written to "
+        print(f"{job} on {args.runner}: {summary['state']}, {summary['videos_ok']} video(s) written to "
               f"{args.out}, {len(failed)} failed (see {os.path.join(args.out, 'dead_letter.jsonl')})")
     for record in failed:
         print(f"error: {record['video']}: {record['error']}", file=sys.stderr)
