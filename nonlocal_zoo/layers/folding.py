@@ -109,9 +109,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
             self.axis in (-1, len(inputs.shape) - 1)
         ):
             # The inference transform of BatchNormalization: x * s + (beta - mean * s), s = gamma / sqrt(var + eps).
-            scale = batchnorm_scale(self.gamma, self.moving_variance, self.epsilon)
-            offset = keras.ops.cast(self.beta, "float32") - keras.ops.cast(self.moving_mean, "float32") * scale
-            folded = fold_into_conv(inputs, scale, offset)
+            folded = fold_into_conv(inputs, *batchnorm_affine(self))
             if folded is not None:
                 return folded
         return super().call(inputs, training=training, mask=mask)
@@ -125,6 +123,17 @@ def bias_add(x, bias):
 
         return tf.nn.bias_add(x, tf.cast(bias, x.dtype))
     return keras.ops.add(x, keras.ops.cast(bias, x.dtype))
+
+
+def batchnorm_affine(bn):
+    """`(scale, offset)` in float32 of a BatchNormalization layer at inference: `bn(x) == x * scale + offset`, with
+    `scale = gamma / sqrt(moving_variance + epsilon)` and `offset = beta - moving_mean * scale`.
+
+    Example:
+        >>> scale, offset = batchnorm_affine(model.get_layer("res_conv1_bn"))
+    """
+    scale = batchnorm_scale(bn.gamma, bn.moving_variance, bn.epsilon)
+    return scale, keras.ops.cast(bn.beta, "float32") - keras.ops.cast(bn.moving_mean, "float32") * scale
 
 
 def batchnorm_scale(gamma, variance, epsilon):

@@ -12,7 +12,7 @@ import keras
 from keras import ops
 
 from nonlocal_zoo.layers.affine import Affine
-from nonlocal_zoo.layers.folding import batchnorm_scale, bias_add, folding_enabled
+from nonlocal_zoo.layers.folding import batchnorm_affine, bias_add, folding_enabled
 
 MODE_ALIASES = {
     "embedded": "embedded",
@@ -455,8 +455,7 @@ class NonLocalBlock(keras.layers.Layer):
         if self.normalization is None:
             return kernel, (ops.zeros((kernel.shape[-1],), "float32") if bias is None else bias)
         if self.normalization == "batch":
-            scale = batchnorm_scale(self.bn.gamma, self.bn.moving_variance, self.bn.epsilon)
-            offset = ops.cast(self.bn.beta, "float32") - ops.cast(self.bn.moving_mean, "float32") * scale
+            scale, offset = batchnorm_affine(self.bn)
         else:
             scale, offset = ops.cast(self.bn.scale, "float32"), ops.cast(self.bn.bias, "float32")
         return kernel * scale, offset if bias is None else bias * scale + offset
