@@ -74,10 +74,41 @@ def test_fold_declines_what_it_cannot_fold():
     s, b = tf.ones((2,)), tf.zeros((2,))
     assert fold_into_conv(x, s, b) is None  # eager
     assert tf.function(lambda a: tf.constant(fold_into_conv(a * 2.0, s, b) is None))(x)  # not a convolution
-    w = tf.ones((1, 1, 1, 2, 2), tf.bfloat16)
-    conv_bf16 = tf.function(lambda a: tf.constant(fold_into_conv(
-        tf.nn.conv3d(tf.cast(a, tf.bfloat16), w, [1] * 5, "VALID"), s, b) is None))
-    assert conv_bf16(x)  # mixed precision stays unfolded
+    w = tf.ones((1, 1, 1, 2, 2), tf.float16)
+    conv_f16 = tf.function(lambda a: tf.constant(fold_into_conv(
+        tf.nn.conv3d(tf.cast(a, tf.float16), w, [1] * 5, "VALID"), s, b) is None))
+    assert conv_f16(x)  # float16 stays unfolded (float32 and bfloat16 fold)
+
+
+def test_bfloat16_conv_batchnorm_folds_before_the_kernel_cast_and_matches_keras():
+    from nonlocal_zoo.tasks.precision import policy_scope
+
+    rng = np.random.default_rng(6)
+    with policy_scope("mixed_bfloat16"):
+        folded = _conv_bn_pair(ConvBatchNormalization(epsilon=1e-5, name="bn"))
+        plain = _conv_bn_pair(keras.layers.BatchNormalization(epsilon=1e-5, name="bn"))
+    _random_bn_weights(folded.get_layer("bn"), rng)
+    plain.set_weights(folded.get_weights())
+    x = rng.standard_normal((3,) + folded.input_shape[1:]).astype("float32")
+    graph = tf.function(lambda a: folded(a, training=False))
+    out = np.asarray(tf.cast(graph(x), tf.float32))
+    # References: Keras' BatchNormalization under the same policy, and float32 numpy from the same weights.
+    reference = np.asarray(tf.cast(tf.function(lambda a: plain(a, training=False))(x), tf.float32))
+    gamma, beta, mean, var = folded.get_layer("bn").get_weights()
+    conv = keras.Model(folded.input, folded.get_layer("conv").output)
+    with policy_scope("float32"):
+        conv32 = keras.Model.from_config(conv.get_config())
+    conv32.set_weights(conv.get_weights())
+    exact = np.maximum((np.asarray(conv32(x)) - mean) / np.sqrt(var + 1e-5) * gamma + beta, 0)
+    scale = np.abs(exact).max()
+    assert np.abs(out - exact).max() < 0.02 * scale  # bfloat16 rounding (8 bits of mantissa)
+    assert np.abs(out - exact).max() <= 2 * np.abs(reference - exact).max() + 1e-3 * scale  # no worse than Keras'
+    ops = graph.get_concrete_function(tf.TensorSpec(x.shape, tf.float32)).graph.get_operations()
+    (bias_add,) = [op for op in ops if op.type == "BiasAdd"]
+    conv_op = bias_add.inputs[0].op
+    assert conv_op.type == "Conv3D" and conv_op.get_attr("T") == tf.bfloat16
+    kernel = conv_op.inputs[1].op  # Cast(float32 kernel * scale): rounded to bfloat16 once
+    assert kernel.type == "Cast" and kernel.inputs[0].op.type == "Mul" and kernel.inputs[0].dtype == tf.float32
 
 
 @pytest.mark.parametrize("normalization", ["batch", "affine", None])

@@ -25,6 +25,7 @@ import contextlib
 import keras
 
 FOLDABLE_OPS = ("Conv3D", "Conv2D")
+FOLDABLE_DTYPES = ("float32", "bfloat16")
 _STATE = {"enabled": True}
 
 
@@ -67,7 +68,7 @@ def fold_into_conv(inputs, scale, offset):
         return None
     import tensorflow as tf
 
-    if not tf.inside_function() or not isinstance(inputs, tf.Tensor) or inputs.dtype != tf.float32:
+    if not tf.inside_function() or not isinstance(inputs, tf.Tensor) or inputs.dtype.name not in FOLDABLE_DTYPES:
         return None
     try:
         op = inputs.op
@@ -80,7 +81,12 @@ def fold_into_conv(inputs, scale, offset):
         return None
     attrs = {k: v.decode() if isinstance(v, bytes) else list(v) for k, v in attrs.items()}
     source, kernel = op.inputs[0], op.inputs[1]
-    kernel = kernel * tf.cast(scale, kernel.dtype)  # (..., C_in, C_out) * (C_out,)
+    if kernel.dtype == tf.bfloat16 and kernel.op.type == "Cast" and kernel.op.inputs[0].dtype == tf.float32:
+        # mixed_bfloat16: the layer casts its float32 kernel to bfloat16 per call; rescale before that cast, so the
+        # product is rounded to bfloat16 once (as the unscaled kernel was).
+        kernel = tf.cast(kernel.op.inputs[0] * scale, tf.bfloat16)  # (..., C_in, C_out) * (C_out,)
+    else:
+        kernel = kernel * tf.cast(scale, kernel.dtype)  # (..., C_in, C_out) * (C_out,)
     if op.type == "Conv3D":
         folded = tf.raw_ops.Conv3D(input=source, filter=kernel, **attrs)
     else:

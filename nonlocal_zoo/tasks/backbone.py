@@ -30,7 +30,8 @@ class NonLocalResNetBackbone(keras.Model):
         preset: the registry name the architecture came from (kept in the config; `None` for a custom one).
         name: the Keras model name. Defaults to `"nonlocal_resnet_backbone"`.
         dtype: the compute dtype, `"float32"` or `"bfloat16"` (Keras' `mixed_bfloat16` policy: float32 weights,
-            bfloat16 arithmetic, the non-local attention and BatchNormalization in float32; refused on hardware
+            bfloat16 arithmetic (BatchNormalization folded into the convolutions), the non-local attention in
+            float32; refused on hardware
             without bfloat16, see `nonlocal_zoo.tasks.precision`). Defaults to None: the global Keras policy. Not
             part of the config (a runtime choice; the weights are float32 either way).
         **kwargs: `keras.Model` arguments (`trainable`).

@@ -360,7 +360,7 @@ def resolve(spec, *, weights="auto", num_classes=None, labels=None, format=None,
         require_weights: refuse `weights="auto"` for a preset without weights (what the CLI wants).
         dropout: dropout rate before `pred` of a registry preset's model (default: the preset's, else 0.5).
         dtype: the compute dtype, `"float32"` or `"bfloat16"` (None: float32). bfloat16 computes the network in
-            bfloat16 with float32 weights, attention, normalization and head (`nonlocal_zoo.tasks.precision`); it is
+            bfloat16 with float32 weights, attention and head (`nonlocal_zoo.tasks.precision`); it is
             refused with a `ValueError` naming the CPU flags found where the hardware has no bfloat16. The dtype is
             a runtime choice, not saved: `save_to_preset` and `.keras` files describe the float32 model, which
             loads on any machine; ask for bfloat16 again when loading.

@@ -3,9 +3,11 @@
 `dtype="bfloat16"` builds the network under Keras' `mixed_bfloat16` policy: the variables (the weights) stay
 float32, the convolutions and projections compute in bfloat16 (oneDNN's bf16 kernels on CPUs with AVX512_BF16 or
 AMX-BF16), and the parts where precision matters stay float32: the non-local attention (affinity, softmax,
-aggregation, `out` projection and its normalization), every BatchNormalization's arithmetic, and the classifier head
-(`pool5`, `pred`, the softmax, the per-location mean of the fully-convolutional head), so scores are accumulated and
-normalised in float32.
+aggregation, `out` projection and its normalization) and the classifier head (`pool5`, `pred`, the softmax, the
+per-location mean of the fully-convolutional head), so scores are accumulated and normalised in float32. A
+BatchNormalization after a convolution is folded into it at inference (`nonlocal_zoo.layers.folding`): the kernel is
+rescaled in float32 and rounded to bfloat16 once, and oneDNN adds the offset to the float32 accumulator before the
+result is rounded to bfloat16 (elsewhere BatchNormalization computes in float32).
 
 A CPU without bfloat16 instructions would emulate it, slower than float32: such a request is refused with a
 `ValueError` naming the CPU flags that were found.
