@@ -27,6 +27,9 @@ def test_quick_e2e_section_runs_classify_in_both_dtypes(tmp_path):
         assert t["runs"] == 2 and t["median_s"] > 0 and t["cpu_median_s"] > 0
         phases = r["phases"][dtype]
         assert phases["forward"]["gflops"] > 0 and phases["gmacs"] > 0
+        f, peak = phases["forward"], r["sustained"][dtype]
+        assert f["fraction_of_peak"] == pytest.approx(f["gflops"] / peak[f"peak_{dtype}"])  # sustained, medians
+        assert f["fraction_of_burst_peak"] == pytest.approx(f["gflops"] / r["matmul"][dtype][f"peak_{dtype}"])
     assert r["agreement"]["float32"]["max_abs_prob_diff"] == 0.0  # the same model, the same views: repeatable
     if "bfloat16" in dtypes:  # bfloat16 really ran: close to float32, not equal
         bf16 = r["agreement"]["bfloat16"]

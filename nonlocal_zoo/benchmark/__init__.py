@@ -24,7 +24,7 @@ Sections (`--sections`, default all):
 - `backends`: the same block and a tiny backbone under KERAS_BACKEND=jax and =torch (one process each), time and
   max |difference| against TensorFlow.
 - `families`: the float32 forward of one preset per family (official 8x8 / 32x2, PySlowFast, mmaction2, gluon-cv)
-  at its protocol's input geometries, as `classify` runs it, in GFLOP/s and % of the matmul peak measured
+  at its protocol's input geometries, as `classify` runs it, in GFLOP/s and % of the sustained matmul peak measured
   interleaved with it (`nonlocal_zoo.benchmark.families`).
 - `coldstart`: `nonlocal-zoo classify CLIP --model M` of one clip from fresh processes, split into phases (imports,
   model build, weight load, views, first and second forward pass) and timed end to end

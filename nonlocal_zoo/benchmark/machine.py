@@ -9,7 +9,7 @@ import subprocess
 
 import numpy as np
 
-from nonlocal_zoo.benchmark.timing import import_torch, time_interleaved
+from nonlocal_zoo.benchmark.timing import import_torch, time_interleaved, wall_time
 
 
 def machine_info():
@@ -66,6 +66,51 @@ def matmul_rates(times, n, dtypes=("float32", "bfloat16")):
     # GFLOP per CPU-second (all threads): the per-core rate, insensitive to other processes taking cores.
     per_cpu = {name: 2 * n**3 / t["cpu_median_s"] / 1e9 for name, t in times.items()}
     result = {"size": n, "gflops": rows, "gflops_per_cpu_s": per_cpu}
+    for dtype in dtypes:
+        result[f"peak_{dtype}"] = max(v for k, v in rows.items() if k.endswith(f" {dtype}"))
+        result[f"peak_{dtype}_per_cpu_s"] = max(v for k, v in per_cpu.items() if k.endswith(f" {dtype}"))
+    return result
+
+
+def sustained_matmul_callables(n, seconds, dtypes=("float32",), *, calibration=3):
+    """`({name: callable}, {name: products})`: `matmul_callables(n, dtypes)`, but each call runs `products` dense
+    `(n, n)` products back to back, as many as fill about `seconds` (the duration of the forward pass they are
+    compared with; at least one).
+
+    The yardstick of a forward pass's GFLOP/s is the rate this machine *sustains* for as long as that pass runs: a
+    single 0.1 s product can finish inside a burst of turbo clock, a quiet slice of a shared host or a warm cache,
+    which a multi-second forward pass never does; compared call for call (both medians, interleaved), the two see the
+    same clock and the same interruptions. Time them with `time_interleaved` and turn the times into rates with
+    `sustained_rates`.
+
+    Args:
+        n: the matrix size.
+        seconds: the target duration of one call.
+        dtypes: the dtypes to run (one callable per library and dtype).
+        calibration: single products timed (after one warm-up) to estimate a product's time (their best).
+
+    Example:
+        >>> fns, products = sustained_matmul_callables(512, 0.05)
+        >>> times = time_interleaved(fns, warmup=1, repeats=3)
+        >>> sustained_rates(times, 512, products)["peak_float32"]   # GFLOP/s
+    """
+    singles = matmul_callables(n, dtypes)
+    fns, products = {}, {}
+    for name, fn in singles.items():
+        fn()
+        single = min(wall_time(fn) for _ in range(calibration))
+        count = products[name] = max(1, int(round(seconds / max(single, 1e-9))))
+        fns[name] = (lambda fn=fn, count=count: [fn() for _ in range(count)] and None)
+    return fns, products
+
+
+def sustained_rates(times, n, products, dtypes=("float32",)):
+    """The sustained peak from `time_interleaved` times of `sustained_matmul_callables`: GFLOP/s of each from its
+    median call (`gflops`), GFLOP per CPU-second (median, `gflops_per_cpu_s`), and `peak_<dtype>` /
+    `peak_<dtype>_per_cpu_s`: the best library of each dtype."""
+    rows = {name: 2 * n**3 * products[name] / t["median_s"] / 1e9 for name, t in times.items()}
+    per_cpu = {name: 2 * n**3 * products[name] / t["cpu_median_s"] / 1e9 for name, t in times.items()}
+    result = {"size": n, "products_per_call": dict(products), "gflops": rows, "gflops_per_cpu_s": per_cpu}
     for dtype in dtypes:
         result[f"peak_{dtype}"] = max(v for k, v in rows.items() if k.endswith(f" {dtype}"))
         result[f"peak_{dtype}_per_cpu_s"] = max(v for k, v in per_cpu.items() if k.endswith(f" {dtype}"))

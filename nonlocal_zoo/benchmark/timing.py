@@ -23,6 +23,13 @@ def median(values):
     return float(np.median(values)) if values else float("nan")
 
 
+def wall_time(fn):
+    """Wall seconds of one call of `fn`."""
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
 def time_interleaved(fns, *, warmup, repeats):
     """Time callables one call of each in turn; returns `{name: {"median_s", "min_s", "cpu_median_s", "runs"}}`.
 
