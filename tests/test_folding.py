@@ -158,3 +158,24 @@ def test_weights_files_load_across_keras_and_folding_batchnorm(tmp_path):
     back.load_weights(tmp_path / "folded.weights.h5")
     for a, b in zip(back.get_weights(), plain.get_weights()):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("mode", ["embedded", "dot", "concatenate"])
+@pytest.mark.parametrize("pool_position", ["input", "projection"])
+def test_nonlocal_projections_of_one_input_run_as_one_matmul_and_equal_three(mode, pool_position, monkeypatch):
+    rng = np.random.default_rng(7)
+    block = NonLocalBlock(mode=mode, pool_position=pool_position, normalization="batch")
+    x = rng.standard_normal((2, 4, 6, 6, 16)).astype("float32")
+    block(x)
+    block.set_weights([rng.normal(0, 0.5, w.shape).astype("float32") if "variance" not in w.path
+                       else rng.uniform(0.5, 2, w.shape).astype("float32") for w in block.weights])
+    graph = tf.function(lambda a: block(a, training=False))
+    fused = np.asarray(graph(x))
+    # One matmul with the columns of theta, phi, g (pooling after the projections) or of phi, g (pooling before).
+    ops = graph.get_concrete_function(tf.TensorSpec(x.shape, tf.float32)).graph.get_operations()
+    widths = sorted(int(op.outputs[0].shape[-1]) for op in ops if op.type == "MatMul")
+    assert (3 * block.dim if pool_position == "projection" else 2 * block.dim) in widths
+    monkeypatch.setattr(NonLocalBlock, "_fused_projections", lambda self, x, pooled, training: None)
+    separate = np.asarray(tf.function(lambda a: block(a, training=False))(x))
+    assert np.abs(fused - x).max() > 0.1  # the branch contributes
+    np.testing.assert_allclose(fused, separate, rtol=1e-5, atol=1e-5)

@@ -402,13 +402,17 @@ class NonLocalBlock(keras.layers.Layer):
             x = ops.reshape(x, (-1, group, shape[2], shape[3], channels))
         batch = ops.shape(x)[0]
         pooled = self._pool(x) if self.pool_position == "input" else x
-        if self.mode == "gaussian":
+        fused = self._fused_projections(x, pooled, training)
+        if fused is not None:
+            query, key, value = fused
+        elif self.mode == "gaussian":
             query = x
             key = self._pool(x)
         else:
             query = self.theta(x)
             key = self.phi(pooled)
-        value = self.g(pooled)
+        if fused is None:
+            value = self.g(pooled)
         if self.pool_position == "projection":
             value = self._pool(value)
             if self.mode != "gaussian":
@@ -436,6 +440,37 @@ class NonLocalBlock(keras.layers.Layer):
                 z = self.bn(z)
         z = ops.cast(z, self.compute_dtype)
         return inputs + z if self.add_residual else z
+
+    def _fused_projections(self, x, pooled, training):
+        """`(query, key, value)` with the projections that read the same input computed as one matmul, or None.
+
+        At inference theta, phi and g are three `Dense` maps of `x` (pooling after the projections, the mmaction2
+        flavour) or phi and g two maps of the pooled input (pooling before, the official flavour): concatenating
+        their kernels makes one GEMM of `3D` (`2D`) output columns instead of three (two) thin ones of `D`, one
+        pass over the input instead of several, and a bias fused into the matmul. Each output column is the same
+        dot product as before (equal up to float32 summation order). None in gaussian mode (no theta/phi), while
+        training, for LoRA-enabled or quantized projections and inside
+        `nonlocal_zoo.layers.folding.folding_disabled()`.
+        """
+        if self.mode == "gaussian" or training or not folding_enabled():
+            return None
+        layers = (self.theta, self.phi, self.g)
+        if any(getattr(p, "lora_enabled", False) or getattr(p, "quantization_mode", None) for p in layers):
+            return None
+        fused = layers if self.pool_position == "projection" else layers[1:]  # the maps of the same input
+        dtype = self.compute_dtype
+        source = ops.cast(x if len(fused) == 3 else pooled, dtype)
+        kernel = ops.concatenate([ops.cast(p.kernel, dtype) for p in fused], axis=-1)  # (C, k D)
+        # (B, *S, C) -> (B * S, C) x (C, k D) -> (B * S, k D) -> k x (B, *S, D)
+        flat = ops.matmul(ops.reshape(source, (-1, source.shape[-1])), kernel)
+        if self.use_bias:
+            flat = bias_add(flat, ops.concatenate([ops.cast(p.bias, "float32") for p in fused], axis=-1))
+        spatial = ops.shape(source)[:-1]
+        parts = [ops.reshape(part, tuple(spatial[i] for i in range(len(source.shape) - 1)) + (self.dim,))
+                 for part in ops.split(flat, len(fused), axis=-1)]
+        if len(fused) == 3:
+            return tuple(parts)
+        return self.theta(x), parts[0], parts[1]
 
     def _folded_output(self, training):
         """`(kernel (D, C), bias (C,))` of `bn(out(y))` folded into one affine map, float32, or None.
