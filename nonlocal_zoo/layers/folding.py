@@ -9,11 +9,15 @@ preset family is in the `families` benchmark section (benchmarks/RESULTS.md). Th
 forward's arithmetic), so the layers keep their variables (and checkpoint names) unchanged.
 
 The fold is a rewrite of the traced graph: it applies only with the TensorFlow backend, inside a `tf.function`
-(what `predict`, `predict_on_batch` and `classify` run), to a float32 `Conv3D`/`Conv2D` op; everywhere else (eager
-calls, the JAX and PyTorch backends, mixed precision, training with batch statistics, an input that is not a
-convolution's output) the caller computes the affine transform as before.
+(what `predict`, `predict_on_batch` and `classify` run), to a float32 or bfloat16 `Conv3D`/`Conv2D` op; everywhere
+else (eager calls, the JAX and PyTorch backends, float16, training with batch statistics, an input that is not a
+convolution's output) the caller computes the affine transform as before. Under `mixed_bfloat16` the float32 kernel is
+rescaled before the layer's cast to bfloat16 (rounded once, as the unscaled kernel was) and the offset is the fused
+convolution's bias, added to oneDNN's float32 accumulator; the deviation this brings against the unfolded bfloat16
+network is measured in benchmarks/RESULTS.md (bfloat16 section).
 
-`folding_disabled()` traces graphs without the folds (the unfolded reference of the `families` benchmark).
+`folding_disabled()` traces graphs without the folds (the unfolded reference of the `families` benchmark); it also
+turns off the non-local block's inference rewrites (folded `bn(out(y))`, projections of one input as one matmul).
 
 Example:
     >>> y = fold_into_conv(conv_output, scale, offset)   # None: compute `conv_output * scale + offset` instead
@@ -62,7 +66,7 @@ def fold_into_conv(inputs, scale, offset):
     Returns:
         The folded output (a new `Conv3D`/`Conv2D` op plus a `BiasAdd`; the original convolution, when nothing else
         uses its output, is left without consumers and pruned by grappler; otherwise both run), or None: not the TensorFlow backend, not inside a `tf.function`, not a
-        float32 `Conv3D`/`Conv2D` output in `NDHWC`/`NHWC` layout.
+        float32 or bfloat16 `Conv3D`/`Conv2D` output in `NDHWC`/`NHWC` layout.
     """
     if keras.backend.backend() != "tensorflow" or not folding_enabled():
         return None
