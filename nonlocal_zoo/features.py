@@ -514,7 +514,7 @@ def extract_features(videos, model, *, layer="pool5", window=None, stride=None, 
         os.makedirs(output_dir, exist_ok=True)
         _remove_stale_temporaries(output_dir)
         if resume:
-            paths = [p for p in paths if not _finished(output_dir, p, metadata)]
+            paths = _unfinished(output_dir, paths, metadata)
     results = {}
     records = []
     state = {}  # path -> {"plan", "info", "rows": {w: feature}, "t0"}
@@ -633,13 +633,13 @@ def save_result(f, result):
 
 
 def manifest_record(path, result, seconds):
-    """The manifest line (a dict) of a video written to `<stem>.npz` in `seconds`."""
+    """The manifest line (a dict) of a video written to `<stem>.npz` in `seconds` (None: not known)."""
     meta = result["metadata"]
     return {
         "video": path, "status": "ok", "output": output_stem(path) + ".npz", "windows": meta["num_windows"],
         "padded_windows": meta["padded_windows"], "num_video_frames": meta["num_video_frames"],
         "feature_dim": meta["feature_dim"], "model": meta["model"], "layer": meta["layer"],
-        "stride": meta["stride"], "window": meta["window"], "seconds": round(seconds, 3)}
+        "stride": meta["stride"], "window": meta["window"], "seconds": None if seconds is None else round(seconds, 3)}
 
 
 def error_record(path, message):
@@ -686,11 +686,41 @@ def _append_manifest(output_dir, record):
 _COMPARED = ("model", "layer", "window", "stride", "crop", "num_frames", "sampling_rate")
 
 
+def _unfinished(output_dir, paths, metadata):
+    """The videos of `paths` still to extract into `output_dir`.
+
+    A video is done when its `<stem>.npz` exists (`_finished`). A run killed between renaming a video's `.npz` into
+    place and appending its manifest line leaves a complete file without a record: its record is recovered from the
+    file's own metadata (`"seconds": None`, the time is unknown), so that the manifest lists every output again.
+    """
+    recorded = set()
+    try:
+        with open(os.path.join(output_dir, MANIFEST), encoding="utf-8") as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                except ValueError:  # a line cut by a kill (appends are single writes, so only the last one)
+                    continue
+                if record.get("status") == "ok":
+                    recorded.add(record.get("output"))
+    except FileNotFoundError:
+        pass
+    remaining = []
+    for path in paths:
+        old = _finished(output_dir, path, metadata)
+        if old is None:
+            remaining.append(path)
+        elif output_stem(path) + ".npz" not in recorded:
+            _append_manifest(output_dir, manifest_record(path, {"metadata": old}, None))
+    return remaining
+
+
 def _finished(output_dir, path, metadata):
-    """Whether `OUT/<stem>.npz` exists (complete: it was renamed into place); refuses one made with other settings."""
+    """The metadata of `OUT/<stem>.npz` when it exists (complete: it was renamed into place), else None; refuses one
+    made with other settings."""
     target = os.path.join(output_dir, output_stem(path) + ".npz")
     if not os.path.exists(target):
-        return False
+        return None
     try:
         with np.load(target) as z:
             old = json.loads(str(z["metadata"]))
@@ -700,7 +730,7 @@ def _finished(output_dir, path, metadata):
     if diff:
         raise ValueError(f"{target!r} was made with other settings {{setting: (file, now)}} = {diff}; use another "
                          "output folder or resume=False to overwrite")
-    return True
+    return old
 
 
 def _remove_stale_temporaries(output_dir):

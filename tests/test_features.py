@@ -166,6 +166,17 @@ def test_output_files_resume_and_bad_videos(videos, tiny, tmp_path):
     again = extract_features(str(listing), tiny, stride=4, output_dir=str(out), progress=False)
     assert [os.path.basename(r["video"]) for r in again] == ["broken.mp4"]  # finished ones are skipped
     assert (out / "bframes.npz").read_bytes() == before
+    # A run killed after renaming bframes.npz into place but before appending its manifest line: the next run
+    # recovers the line from the file's own metadata (no second extraction, no manifest short of one video).
+    manifest = out / "manifest.jsonl"
+    kept = [line for line in manifest.read_text().splitlines() if json.loads(line).get("output") != "bframes.npz"]
+    manifest.write_text("\n".join(kept) + "\n")
+    extract_features(str(listing), tiny, stride=4, output_dir=str(out), progress=False)
+    recovered = [json.loads(line) for line in manifest.read_text().splitlines()
+                 if json.loads(line).get("output") == "bframes.npz"]
+    assert len(recovered) == 1 and recovered[0]["seconds"] is None and recovered[0]["status"] == "ok"
+    assert recovered[0]["windows"] == z["features"].shape[0] and recovered[0]["video"] == str(videos["bframes"])
+    assert (out / "bframes.npz").read_bytes() == before
     with pytest.raises(ValueError, match="other settings.*stride"):
         extract_features(str(listing), tiny, stride=5, output_dir=str(out), progress=False)
     assert not [p for p in os.listdir(out) if ".tmp-" in p]
