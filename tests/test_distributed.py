@@ -197,3 +197,44 @@ def test_both_modes_write_the_same_kind_of_checkpoints(mirrored_run, multiworker
         assert os.listdir(logs / "train") and os.listdir(logs / "validation")
     assert kinds_m == kinds_w
     assert kinds_m["last.keras"]["outputs"] == 3 and kinds_m["last.keras"]["sync_bn"]
+
+
+COORDINATION_SCRIPT = textwrap.dedent("""
+    import json, os, sys
+    from tensorflow.python.distribute import multi_worker_util
+    import tensorflow as tf
+    from nonlocal_zoo.training import distribute
+
+    out = []
+    for cluster in json.loads(sys.argv[1]):
+        os.environ["TF_CONFIG"] = json.dumps(cluster)
+        from tensorflow.python.eager import context
+        context.context()._coordination_service_config = None  # a fresh process per cluster, in effect
+        config = distribute.configure_coordination_service(distribute.HEARTBEAT_TIMEOUT_S)
+        spec = tf.distribute.cluster_resolver.TFConfigClusterResolver().cluster_spec()
+        out.append(None if config is None else {
+            "heartbeat_ms": config.heartbeat_timeout_in_ms, "leader": config.service_leader,
+            "tf_leader": tf.DeviceSpec.from_string(multi_worker_util.coordination_leader(spec)).to_string(),
+            "jobs": {j.name: j.num_tasks for j in config.coordinated_job_list}})
+    print(json.dumps(out))
+""")
+
+
+def test_coordination_service_waits_longer_for_heartbeats():
+    """The multi-worker strategy's coordination service, configured before the strategy: TensorFlow's own leader
+    and jobs (multi_worker_util), a 60 s heartbeat timeout instead of 10 s; nothing for clusters TensorFlow's
+    strategy would not coordinate (parameter servers, an evaluator task)."""
+    workers = {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}
+    clusters = [{"cluster": workers, "task": {"type": "worker", "index": 1}},
+                {"cluster": {"chief": ["127.0.0.1:3"], **workers}, "task": {"type": "worker", "index": 0}},
+                {"cluster": {"ps": ["127.0.0.1:4"], **workers}, "task": {"type": "worker", "index": 0}},
+                {"cluster": {"evaluator": ["127.0.0.1:5"], **workers}, "task": {"type": "evaluator", "index": 0}}]
+    done = subprocess.run([sys.executable, "-c", COORDINATION_SCRIPT, json.dumps(clusters)], env=subprocess_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    plain, chief, ps, evaluator = json.loads(done.stdout.strip().splitlines()[-1])
+    assert ps is None and evaluator is None
+    for config, jobs in ((plain, {"worker": 2}), (chief, {"chief": 1, "worker": 2})):
+        assert config["heartbeat_ms"] == 60_000 and config["jobs"] == jobs
+        assert config["leader"] == config["tf_leader"]
+    assert plain["leader"] == "/job:worker/replica:0/task:0" and chief["leader"] == "/job:chief/replica:0/task:0"

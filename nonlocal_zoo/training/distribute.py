@@ -22,6 +22,10 @@ SLURM_STEP_VARIABLES = ("SLURM_PROCID", "SLURM_STEP_NUM_TASKS", "SLURM_STEP_NODE
 # Default first port of a node's workers: PORT_BASE + 16 * (SLURM_JOB_ID % 1000), so two jobs sharing a node use
 # different ports (windows of 16 ports, below Linux's ephemeral range 32768-60999).
 PORT_BASE, PORT_WINDOW, PORT_WINDOWS = 15000, 16, 1000
+# How long the coordination service waits for a worker's heartbeat before it aborts the whole job. TensorFlow's
+# default (10 s) aborted healthy CPU jobs on a loaded 2-core machine, whose heartbeat threads were starved by the
+# training threads ("Task /job:worker/... heartbeat timeout"); a dead worker is still detected within a minute.
+HEARTBEAT_TIMEOUT_S = 60
 
 
 def slurm_port_base():
@@ -240,8 +244,51 @@ def get_strategy(name="none"):
                 cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
                 _STRATEGIES[name] = tf.distribute.MirroredStrategy(devices=cpus if len(cpus) > 1 else None)
         else:
+            configure_coordination_service()
             _STRATEGIES[name] = tf.distribute.MultiWorkerMirroredStrategy()
     return _STRATEGIES[name]
+
+
+def configure_coordination_service(heartbeat_timeout_s=HEARTBEAT_TIMEOUT_S):
+    """Configure TensorFlow's coordination service for the `TF_CONFIG` cluster, as `MultiWorkerMirroredStrategy`
+    would, but with a heartbeat timeout of `heartbeat_timeout_s` instead of TensorFlow's 10 s.
+
+    The strategy configures the service itself only when nothing has; so this must run before it is created (and
+    before TensorFlow's context is initialized). Does nothing without `TF_CONFIG`, when the service is already
+    configured, or when this TensorFlow lacks the (private) `context.configure_coordination_service`: the strategy
+    then keeps TensorFlow's defaults. Returns the `CoordinationServiceConfig` set, or None.
+
+    Args:
+        heartbeat_timeout_s: seconds without a heartbeat from a worker after which the job is aborted.
+
+    Example:
+        >>> configure_coordination_service(120).heartbeat_timeout_in_ms
+        120000
+    """
+    import tensorflow as tf
+    from tensorflow.python.distribute import collective_all_reduce_strategy
+    from tensorflow.python.eager import context
+
+    # the protobuf module wherever this TensorFlow keeps it: the one its strategy uses
+    coordination_config_pb2 = getattr(collective_all_reduce_strategy, "coordination_config_pb2", None)
+
+    if not os.environ.get("TF_CONFIG"):
+        return None
+    ctx = context.context()
+    if (coordination_config_pb2 is None or not hasattr(ctx, "configure_coordination_service")
+            or ctx.coordination_service is not None):
+        return None
+    resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+    spec = resolver.cluster_spec()
+    jobs = [coordination_config_pb2.CoordinatedJob(name=job, num_tasks=spec.num_tasks(job))
+            for job in ("chief", "worker") if job in spec.jobs]
+    if not jobs or "ps" in spec.jobs or resolver.task_type not in ("chief", "worker"):
+        return None  # not a cluster whose service the strategy would configure
+    # The leader TensorFlow picks (multi_worker_util.coordination_leader): the chief if there is one, else worker 0.
+    leader = f"/job:{jobs[0].name}/replica:0/task:0"
+    ctx.configure_coordination_service(service_type="standalone", service_leader=leader, coordinated_jobs=jobs,
+                                       heartbeat_timeout_in_ms=int(heartbeat_timeout_s * 1000))
+    return ctx.coordination_service
 
 
 def prepare_multiworker_model(model, strategy, *, frames, crop):
