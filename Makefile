@@ -25,11 +25,15 @@ $(DEMO_STAMP): $(PY) setup.cfg pyproject.toml
 demo: $(DEMO_STAMP)
 	$(VENV)/bin/nonlocal-zoo demo
 
+# pytest-xdist workers: 2 keep both cores of a 2-core machine busy (one pytest process leaves about half idle);
+# tests of one module stay on one worker, so module fixtures (a fine-tuning run, a converted checkpoint) run once.
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 test-slow: $(STAMP)
-	$(PY) -m pytest -q -m slow
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m slow
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run --quick

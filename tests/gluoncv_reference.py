@@ -168,7 +168,7 @@ def randomize(model, clip, *, seed=0, affinity_std=2.0, logit_std=3.0, stat_nois
       softmax whose float32 round-off alone moves the logits by percents),
     - makes `fc` blind to the batch's mean feature and rescales it so that the logits have standard deviation about
       `logit_std` (so clips differ in their top-1 class).
-    Afterwards the running statistics are perturbed (mean shifted by `stat_noise` sigma, variance scaled by
+    Dropout is off in that pass, so the weights depend on `seed` alone. Afterwards the running statistics are perturbed (mean shifted by `stat_noise` sigma, variance scaled by
     [1 - 1.5 stat_noise, 1 + 2 stat_noise]) so
     that they are not the batch statistics. Leaves the model in eval mode.
     """
@@ -214,6 +214,11 @@ def randomize(model, clip, *, seed=0, affinity_std=2.0, logit_std=3.0, stat_nois
     hooks = [m.register_forward_pre_hook(unit_projections) for m in model.modules() if isinstance(m, NonLocal)]
     hooks.append(model.fc.register_forward_pre_hook(scale_logits))
     model.train()
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            # dropout would draw from torch's global RNG (whatever earlier tests left in it) and calibrate `fc` on
+            # dropped features: the pass must depend on `seed` alone
+            module.eval()
     model(clip)
     model.eval()
     for hook in hooks:
