@@ -168,9 +168,9 @@ def randomize(model, clip, *, seed=0, affinity_std=2.0, logit_std=3.0, stat_nois
       softmax whose float32 round-off alone moves the logits by percents),
     - makes `fc` blind to the batch's mean feature and rescales it so that the logits have standard deviation about
       `logit_std` (so clips differ in their top-1 class).
-    Dropout is off in that pass, so the weights depend on `seed` alone. Afterwards the running statistics are perturbed (mean shifted by `stat_noise` sigma, variance scaled by
-    [1 - 1.5 stat_noise, 1 + 2 stat_noise]) so
-    that they are not the batch statistics. Leaves the model in eval mode.
+    Dropout is off in that pass, so the weights depend on `seed` alone. Afterwards the running statistics are
+    perturbed (mean shifted by `stat_noise` sigma, variance scaled by [1 - 1.5 stat_noise, 1 + 2 stat_noise]) so that
+    they are not the batch statistics. Leaves the model in eval mode.
     """
     gen = torch.Generator().manual_seed(seed)
 

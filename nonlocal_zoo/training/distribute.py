@@ -265,15 +265,14 @@ def configure_coordination_service(heartbeat_timeout_s=HEARTBEAT_TIMEOUT_S):
         >>> configure_coordination_service(120).heartbeat_timeout_in_ms
         120000
     """
+    if not os.environ.get("TF_CONFIG"):
+        return None
     import tensorflow as tf
     from tensorflow.python.distribute import collective_all_reduce_strategy
     from tensorflow.python.eager import context
 
     # the protobuf module wherever this TensorFlow keeps it: the one its strategy uses
     coordination_config_pb2 = getattr(collective_all_reduce_strategy, "coordination_config_pb2", None)
-
-    if not os.environ.get("TF_CONFIG"):
-        return None
     ctx = context.context()
     if (coordination_config_pb2 is None or not hasattr(ctx, "configure_coordination_service")
             or ctx.coordination_service is not None):
